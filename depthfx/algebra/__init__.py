@@ -1,0 +1,1 @@
+"""Exact float64 weight algebra: BN folding, conv composition, residual fusion."""

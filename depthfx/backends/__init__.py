@@ -1,0 +1,1 @@
+"""Execution backends (ONNX Runtime, TensorRT, torch), registered by name, imported lazily."""

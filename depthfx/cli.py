@@ -1,0 +1,42 @@
+"""The ``depthfx`` command. Each subcommand lives in ``depthfx/commands/<name>.py`` and exposes
+``register(subparsers)``; heavy imports happen inside the command, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from depthfx.errors import DepthFXError
+
+#: Subcommands in the order ``depthfx --help`` lists them.
+COMMANDS: tuple[str, ...] = ("solve", "inspect")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="depthfx",
+        description=(
+            "Exact, latency-aware depth compression of CNNs: find conv chains, measure "
+            "latency/importance tables, solve the two-stage DP, merge, export ONNX."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"depthfx.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; a ``DepthFXError`` becomes one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DepthFXError as err:
+        print(f"depthfx: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Measurement of latency and importance tables on real backends and data."""

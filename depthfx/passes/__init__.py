@@ -1,0 +1,1 @@
+"""Graph passes: capture, chain finding, prepare (activations, padding) and merge."""

@@ -1,0 +1,73 @@
+"""Valid blocks and extended blocks of a chain (spec §2.1 and §3.1), shared by the solver and
+the graph analysis.
+
+A *block* (i, j) merges convs i+1 … j of a chain of L convs into one conv. It is valid iff it
+straddles no forced break and does not partly overlap a residual body (s, t): it may contain
+the whole body, lie inside it, or be disjoint from it. An *extended block* (i, j, a_i, a_j)
+adds whether an activation is present at each end; an activation may be absent at a block
+end only where the original network is linear (``optional`` positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+Block = tuple[int, int]
+ExtendedBlock = tuple[int, int, int, int]
+
+
+def is_valid_block(i: int, j: int, breaks: Iterable[int], residuals: Iterable[Block]) -> bool:
+    """Spec §2.1 rule: no break strictly inside (i, j), no partial overlap with a residual."""
+    if any(i < b < j for b in breaks):
+        return False
+    return not any(i < s < j < t or s < i < t < j for s, t in residuals)
+
+
+def valid_blocks(num_convs: int, breaks: Iterable[int] = (), residuals: Iterable[Block] = ()) -> list[Block]:
+    """All valid blocks of a chain of ``num_convs`` convs, in lexicographic (st, end) order."""
+    breaks = sorted(set(breaks))
+    residuals = list(residuals)
+    return [
+        (i, j)
+        for i in range(num_convs)
+        for j in range(i + 1, num_convs + 1)
+        if is_valid_block(i, j, breaks, residuals)
+    ]
+
+
+def extended_blocks(
+    blocks: Iterable[Block],
+    optional: Iterable[int],
+    *,
+    exclude_zeros: bool = True,
+    fixed: Mapping[int, int] | None = None,
+) -> list[ExtendedBlock]:
+    """Extended blocks (st, end, st_act, end_act) in the original's order (spec §3.1).
+
+    ``optional`` are the positions that are linear in the original network (the paper's
+    ``blk_pos``): only there may a DP block end lack an activation. With ``exclude_zeros``
+    (the paper's setting) a block never lacks activations at both ends. ``fixed`` forces the
+    flag at some positions (a chain's true end keeps the original's activation). Position 0
+    always carries flag 1. Within one (st, end) the flags come as (1,1), (1,0), (0,1), (0,0).
+    """
+    optional = set(optional)
+    fixed = dict(fixed or {})
+
+    def choices(p: int, free: bool) -> tuple[int, ...]:
+        if p == 0:
+            return (1,)
+        if p in fixed:
+            return (fixed[p],)
+        return (1, 0) if free else (1,)
+
+    out: list[ExtendedBlock] = []
+    for st, end in blocks:
+        st_free = st != 0 and st in optional and st not in fixed
+        end_free = end in optional and (not exclude_zeros or (st != 0 and not st_free))
+        out.extend(
+            (st, end, a, b)
+            for a in choices(st, st_free)
+            for b in choices(end, end_free)
+            if not (exclude_zeros and a == 0 and b == 0)
+        )
+    return out
