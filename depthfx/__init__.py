@@ -3,6 +3,11 @@
 Importing depthfx is cheap: it imports neither ONNX Runtime nor TensorRT.
 """
 
+from typing import Any
+
+# Imported eagerly (it is light: no numpy/torch at import) because the submodule shares the
+# function's name: a lazy lookup would be shadowed by the module once anything imports it.
+from depthfx.benchmark import benchmark, compare
 from depthfx.errors import (
     CaptureError,
     DepthFXError,
@@ -14,7 +19,17 @@ from depthfx.errors import (
 
 __version__ = "0.1.0"
 
+#: Public names imported on first access, so ``import depthfx`` stays cheap.
+_LAZY = {
+    "export_onnx": "depthfx.export",
+    "analyze": "depthfx.analysis",
+    "Analysis": "depthfx.analysis",
+    "register_leaf": "depthfx.patterns",
+    "register_activation": "depthfx.patterns",
+}
+
 __all__ = [
+    "Analysis",
     "CaptureError",
     "DepthFXError",
     "FingerprintMismatch",
@@ -22,4 +37,18 @@ __all__ = [
     "MergeMismatch",
     "TableError",
     "__version__",
+    "analyze",
+    "benchmark",
+    "compare",
+    "export_onnx",
+    "register_activation",
+    "register_leaf",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'depthfx' has no attribute {name!r}")

@@ -16,7 +16,7 @@ class InfeasibleBudget(DepthFXError, ValueError):
         self.unit = unit
         super().__init__(
             f"budget {budget:g} {unit} is infeasible: the fastest configuration the tables "
-            f"allow needs at least {minimum:g} {unit}"
+            f"allow needs at least {minimum!r} {unit}"
         )
 
 

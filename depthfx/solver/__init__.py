@@ -1,5 +1,35 @@
 """Table-level two-stage DP of Kim et al. (ICML 2023): latency/importance tables and `solve`."""
 
 from depthfx.solver.blocks import extended_blocks, is_valid_block, valid_blocks
+from depthfx.solver.dp import (
+    ChainSolution,
+    MergePattern,
+    Solution,
+    extend_importance,
+    optimal_merge_pattern,
+    optimal_times,
+    solve,
+)
+from depthfx.solver.tables import (
+    ExtendedImportanceTable,
+    ImportanceTable,
+    LatencyTable,
+    OptimalLatencyTable,
+)
 
-__all__ = ["extended_blocks", "is_valid_block", "valid_blocks"]
+__all__ = [
+    "ChainSolution",
+    "ExtendedImportanceTable",
+    "ImportanceTable",
+    "LatencyTable",
+    "MergePattern",
+    "OptimalLatencyTable",
+    "Solution",
+    "extend_importance",
+    "extended_blocks",
+    "is_valid_block",
+    "optimal_merge_pattern",
+    "optimal_times",
+    "solve",
+    "valid_blocks",
+]

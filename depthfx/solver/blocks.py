@@ -23,7 +23,9 @@ def is_valid_block(i: int, j: int, breaks: Iterable[int], residuals: Iterable[Bl
     return not any(i < s < j < t or s < i < t < j for s, t in residuals)
 
 
-def valid_blocks(num_convs: int, breaks: Iterable[int] = (), residuals: Iterable[Block] = ()) -> list[Block]:
+def valid_blocks(
+    num_convs: int, breaks: Iterable[int] = (), residuals: Iterable[Block] = ()
+) -> list[Block]:
     """All valid blocks of a chain of ``num_convs`` convs, in lexicographic (st, end) order."""
     breaks = sorted(set(breaks))
     residuals = list(residuals)

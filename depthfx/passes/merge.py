@@ -1,0 +1,206 @@
+"""convert: replace every merge group of a prepared network by one conv, and prove it exact.
+
+Pattern → rewrite → why, per group (i, j) recorded by ``prepare``:
+
+* conv_{i+1} → [BN] → … → conv_j → [BN], with the group's padding already moved to its input
+  and the residuals whose body lies inside the group still explicit,
+* becomes pad(P) → Conv2d(W, b, stride, groups) on the value at position i; the activation of
+  position j (if kept) now reads the merged conv.
+
+Each BN is folded with its own eps; consecutive convs compose with the general rule (stride,
+dilation, groups, non-square kernels, per-side padding; ``depthfx.algebra.compose``); an
+identity residual becomes a 1 at the kernel tap of the body's padding and a projection
+shortcut (1×1 + BN, strided) is added into the body kernel at its offset
+(``depthfx.algebra.residual``). Residuals cut by a boundary (both ends in S) keep their add.
+All algebra runs in float64 and is cast back at the end. Exact because ``prepare`` moved the
+padding before any fine-tuning: the prepared network *is* the composition being merged.
+
+``convert`` then runs both networks on the example inputs in eval mode and raises
+``depthfx.MergeMismatch`` if they differ beyond tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_leaves
+
+from depthfx.algebra import (
+    AffineConv,
+    check_close,
+    compose,
+    fold_bn,
+    fold_bn_tensors,
+    from_tensors,
+    fuse_identity,
+    fuse_projection,
+    to_modules,
+)
+from depthfx.passes.prepare import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
+from depthfx.plan import Plan, PlanError
+
+logger = logging.getLogger(__name__)
+
+
+def convert(
+    prepared: fx.GraphModule,
+    plan: Plan | None = None,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    check: bool = True,
+) -> fx.GraphModule:
+    """Merge a network made by ``prepare`` (after any fine-tuning) into its shallow form.
+
+    The result is a new eval-mode GraphModule; ``prepared`` is not modified. ``plan``, when
+    given, must be the plan ``prepared`` was made with. With ``check`` (default) the merged
+    network is compared with ``prepared`` on ``example_inputs`` (default: seeded random inputs
+    of the recorded shapes) and ``MergeMismatch`` is raised beyond ``rtol``/``atol``.
+    """
+    info: PreparedInfo | None = getattr(prepared, PREPARED_ATTR, None)
+    if info is None:
+        raise PlanError("convert() takes the module returned by depthfx.prepare()")
+    if plan is not None and plan.chains != info.plan.chains:
+        raise PlanError("the plan differs from the one this module was prepared with")
+    merged = copy.deepcopy(prepared).eval()
+    for index, record in enumerate(info.groups):
+        _merge_group(merged, index, record)
+    merged.graph.eliminate_dead_code()
+    merged.delete_all_unused_submodules()
+    merged.graph.lint()
+    merged.recompile()
+    if check:
+        verify(prepared, merged, _inputs(info, example_inputs), rtol=rtol, atol=atol)
+    return merged
+
+
+def verify(
+    reference: nn.Module,
+    merged: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> None:
+    """Run both networks in eval mode and raise MergeMismatch if any output differs."""
+    was_training = reference.training
+    reference.eval()
+    try:
+        with torch.no_grad():
+            expected = tree_leaves(reference(*example_inputs))
+            actual = tree_leaves(merged(*example_inputs))
+    finally:
+        reference.train(was_training)
+    for k, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        check_close(want, got, group=f"network output {k}", rtol=rtol, atol=atol)
+
+
+def count_convs(module: nn.Module) -> int:
+    """Number of conv call sites in a GraphModule (or conv modules in a plain module)."""
+    if isinstance(module, fx.GraphModule):
+        modules = dict(module.named_modules())
+        return sum(
+            1
+            for n in module.graph.nodes
+            if n.op == "call_module" and isinstance(modules.get(n.target), nn.Conv2d)
+        )
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _inputs(
+    info: PreparedInfo, example_inputs: Sequence[torch.Tensor] | None
+) -> tuple[torch.Tensor, ...]:
+    if example_inputs is not None:
+        return tuple(example_inputs)
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(shape, generator=generator) for shape in info.example_shapes)
+
+
+def _merge_group(gm: fx.GraphModule, index: int, record: GroupRecord) -> None:
+    if len(record.convs) == 1 and gm.get_submodule(record.convs[0].module).padding_mode != "zeros":
+        return  # its padding is not zeros: nothing to merge, and folding would change it
+    nodes = {n.name: n for n in gm.graph.nodes}
+    affine = _group_map(gm, record)
+    if len(record.convs) > 1 and affine.padding != record.pad:
+        raise PlanError(
+            f"group {record.start}->{record.end} of chain {record.chain}: composed padding "
+            f"{affine.padding} differs from the moved padding {record.pad}"
+        )
+    dtype = gm.get_submodule(record.convs[0].module).weight.dtype
+    pad, conv = to_modules(affine, dtype)
+    prefix = f"depthfx_merged_{record.chain}_{record.start}_{record.end}"
+    graph = gm.graph
+    output = nodes[record.output]
+    new_nodes: list[fx.Node] = []
+    x = nodes[record.input]
+    anchor = output
+    for suffix, module in (("pad", pad), ("conv", conv)):
+        if module is None:
+            continue
+        gm.add_submodule(f"{prefix}_{suffix}", module)
+        with graph.inserting_after(anchor):
+            x = graph.call_module(f"{prefix}_{suffix}", (x,))
+        new_nodes.append(x)
+        anchor = x
+    output.replace_all_uses_with(x, delete_user_cb=lambda user: user not in new_nodes)
+    logger.debug("group %d (%s) merged into %s", index, prefix, tuple(conv.weight.shape))
+
+
+def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
+    """The float64 map of a whole group, fused residuals included (innermost first)."""
+    maps = [_conv_map(gm, step) for step in record.convs]
+    by_src: dict[int, list] = {}
+    for residual in record.residuals:
+        by_src.setdefault(residual.src, []).append(residual)
+
+    def build(lo: int, hi: int, inside: object | None) -> AffineConv:
+        acc: AffineConv | None = None
+        p = lo
+        while p < hi:
+            nested = [r for r in by_src.get(p, []) if r is not inside and r.dst <= hi and r.dst > p]
+            if nested:
+                residual = max(nested, key=lambda r: r.dst)
+                body = build(p, residual.dst, residual)
+                if residual.kind == "identity":
+                    piece = fuse_identity(body)
+                else:
+                    piece = fuse_projection(body, _conv_map(gm, residual.shortcut))
+                p = residual.dst
+            else:
+                piece = maps[p - record.start]
+                p += 1
+            acc = piece if acc is None else compose(acc, piece)
+        assert acc is not None
+        return acc
+
+    return build(record.start, record.end, None)
+
+
+def _conv_map(gm: fx.GraphModule, step: ConvStep) -> AffineConv:
+    """Conv (with its padding before the move) followed by its BN, as one float64 map."""
+    module = gm.get_submodule(step.module)
+    conv = from_tensors(
+        module.weight, module.bias, module.stride, 0, module.dilation, module.groups
+    )
+    conv = replace(conv, padding=step.padding)
+    if step.bn is None and step.bn_kind != "function":
+        return conv
+    if step.bn_kind == "function":
+        mean, var, weight, bias = (
+            None if name is None else _attr(gm, name) for name in step.bn_attrs or ()
+        )
+        if mean is None or var is None or step.bn_eps is None:
+            raise PlanError(f"functional BN after {step.module!r} has no running statistics")
+        return fold_bn_tensors(conv, mean, var, weight, bias, eps=step.bn_eps)
+    return fold_bn(conv, gm.get_submodule(step.bn))
+
+
+def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)

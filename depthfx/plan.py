@@ -1,0 +1,137 @@
+"""The Plan: which activations each chain keeps (A) and where it is cut into merge groups (S).
+
+A Plan is the contract between the solver and the rewrite passes. Per chain it names the convs
+it was made for (so applying it to another model fails loudly), the kept activation positions
+A and the merge boundaries S (A ⊆ S, the chain end L ∈ S). Convs between two consecutive
+elements of S ∪ {0} become one conv. It round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from depthfx.errors import DepthFXError
+
+
+class PlanError(DepthFXError, ValueError):
+    """A plan is inconsistent with itself or with the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """A and S for one chain; ``convs`` are the conv node names of the chain, in order."""
+
+    convs: tuple[str, ...]
+    act_pos: tuple[int, ...]
+    merge_pos: tuple[int, ...]
+
+    @property
+    def num_convs(self) -> int:
+        return len(self.convs)
+
+    def groups(self) -> list[tuple[int, int]]:
+        """Merge groups as blocks (i, j): convs i+1 … j become one conv."""
+        bounds = [0, *self.merge_pos]
+        return list(itertools.pairwise(bounds))
+
+    def validate(
+        self,
+        breaks: Iterable[int] = (),
+        residuals: Iterable[tuple[int, int]] = (),
+    ) -> None:
+        """Raise PlanError unless A ⊆ S, L ∈ S, breaks ⊆ S and every residual body is either
+        wholly inside one group or has both ends in S (spec §1.2)."""
+        a, s, length = set(self.act_pos), set(self.merge_pos), self.num_convs
+        where = f"chain starting at {self.convs[0]!r}" if self.convs else "empty chain"
+        if any(not 1 <= p <= length for p in a | s):
+            raise PlanError(f"{where}: positions must lie in 1..{length}")
+        if not a <= s:
+            raise PlanError(f"{where}: kept activations {sorted(a - s)} are not merge boundaries")
+        if length not in s:
+            raise PlanError(f"{where}: the chain end {length} must be a merge boundary")
+        if missing := sorted(set(breaks) - s - {0}):
+            raise PlanError(f"{where}: forced breaks {missing} are not merge boundaries")
+        for src, dst in residuals:
+            inside = [p for p in s if src < p < dst]
+            if inside and not (src in s | {0} and dst in s):
+                raise PlanError(
+                    f"{where}: residual {src}->{dst} is cut at {inside} but its ends are not "
+                    "both merge boundaries"
+                )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-chain A and S plus what the plan was made from and what it predicts."""
+
+    chains: tuple[ChainPlan, ...]
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    strided: str = "general"
+    exclude: tuple[str, ...] = ()
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
+    objective: float | None = None
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        try:
+            chains = tuple(
+                ChainPlan(
+                    convs=tuple(c["convs"]),
+                    act_pos=tuple(int(p) for p in c["act_pos"]),
+                    merge_pos=tuple(int(p) for p in c["merge_pos"]),
+                )
+                for c in data["chains"]
+            )
+            return cls(
+                chains=chains,
+                input_shapes=tuple(tuple(int(d) for d in s) for s in data.get("input_shapes", ())),
+                strided=str(data.get("strided", "general")),
+                exclude=tuple(data.get("exclude", ())),
+                budget_ms=data.get("budget_ms"),
+                predicted_ms=data.get("predicted_ms"),
+                objective=data.get("objective"),
+                fingerprints=dict(data.get("fingerprints", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"not a depthfx plan: {err!r}") from err
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the plan as JSON atomically (never a half-written file)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        with open(path) as f:
+            return cls.from_json(json.load(f))
+
+
+def sorted_positions(positions: Iterable[int]) -> tuple[int, ...]:
+    """Positions as a sorted tuple without duplicates and without position 0."""
+    return tuple(sorted({int(p) for p in positions} - {0}))
+
+
+def chain_plan(convs: Sequence[str], act_pos: Iterable[int], merge_pos: Iterable[int]) -> ChainPlan:
+    """Build a ChainPlan from any iterables (the chain end is always added to S)."""
+    merge = set(merge_pos) | {len(convs)}
+    return ChainPlan(tuple(convs), sorted_positions(act_pos), sorted_positions(merge))
