@@ -16,6 +16,7 @@ from depthfx.errors import (
     MergeMismatch,
     TableError,
 )
+from depthfx.finetune import finetune  # eager for the same reason; torch loads on call
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,9 @@ _LAZY = {
     "Analysis": "depthfx.analysis",
     "register_leaf": "depthfx.patterns",
     "register_activation": "depthfx.patterns",
+    "prepare": "depthfx.passes.prepare",
+    "convert": "depthfx.passes.merge",
+    "Plan": "depthfx.plan",
 }
 
 __all__ = [
@@ -35,12 +39,16 @@ __all__ = [
     "FingerprintMismatch",
     "InfeasibleBudget",
     "MergeMismatch",
+    "Plan",
     "TableError",
     "__version__",
     "analyze",
     "benchmark",
     "compare",
+    "convert",
     "export_onnx",
+    "finetune",
+    "prepare",
     "register_activation",
     "register_leaf",
 ]

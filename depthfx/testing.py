@@ -1,10 +1,15 @@
-"""Helpers for property tests: sample valid Plans for an Analysis."""
+"""Helpers for property tests: sample valid Plans for an Analysis, randomise BN statistics,
+and a tiny residual network whose merge can be checked by hand."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
-from depthfx.analysis import Analysis, Chain
+import torch
+from torch import nn
+
+from depthfx.analysis import Analysis, Chain, analyze
 from depthfx.plan import ChainPlan, Plan, chain_plan
 
 
@@ -76,3 +81,50 @@ def plan_for(analysis: Analysis, chains: list[ChainPlan]) -> Plan:
         strided=analysis.options["strided"],
         exclude=tuple(analysis.options["exclude"]),
     )
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random running statistics and affine parameters for every BN of ``model`` (in place),
+    so that a merge test exercises BN folding instead of folding identity BNs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+class TinyResidual(nn.Module):
+    """conv-BN-ReLU, conv-BN-ReLU, conv(3×1)-BN + identity around the last two convs, ReLU:
+    one chain of 3 convs with a residual (1, 3), non-square kernel and padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, (3, 1), padding=(1, 0))
+        self.bn3 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(x)))
+        return self.relu(self.bn3(self.conv3(y)) + x)
+
+
+def single_chain_plan(
+    model: nn.Module, example: torch.Tensor, act: Iterable[int], merge: Iterable[int]
+) -> Plan:
+    """The Plan (A = ``act``, S = ``merge``) for a model with exactly one chain."""
+    analysis = analyze(model, example)
+    if len(analysis.chains) != 1:
+        raise ValueError(f"the model has {len(analysis.chains)} chains, not one")
+    (chain,) = analysis.chains
+    return plan_for(analysis, [chain_plan([c.node for c in chain.convs], act, merge)])

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from depthfx.commands._common import parse_shape
 from depthfx.errors import DepthFXError
+from depthfx.io import write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,43 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _shape(text: str | None, batch: int | None) -> tuple[int, ...] | None:
-    """The --input-shape with --batch substituted for N (None if no shape was given)."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise DepthFXError(f"--input-shape must be comma-separated ints, got {text!r}") from None
-    return (batch, *shape[1:]) if batch else shape
-
-
-def load_model(spec: str) -> Any:
-    """An ``nn.Module`` for a model spec: ``depthfx.models.load_model`` when available,
-    otherwise ``torchvision:NAME`` with random weights (eval mode)."""
-    try:
-        models = importlib.import_module("depthfx.models")
-    except ModuleNotFoundError:
-        models = None
-    if models is not None and hasattr(models, "load_model"):
-        return models.load_model(spec)
-    source, _, name = spec.partition(":")
-    if source != "torchvision" or not name:
-        raise DepthFXError(f"model must be an .onnx file or torchvision:NAME, got {spec!r}")
-    import torchvision
-
-    try:
-        return torchvision.models.get_model(name, weights=None).eval()
-    except ValueError as err:
-        raise DepthFXError(f"unknown torchvision model {name!r}") from err
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from depthfx.benchmark import benchmark
+    from depthfx.models import load_model
 
-    shape = _shape(args.input_shape, args.batch)
+    shape = parse_shape(args.input_shape, args.batch) if args.input_shape else None
     backend_options: dict[str, Any] = {}
     if args.model.endswith(".onnx"):
         if not Path(args.model).is_file():
@@ -86,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "torch":
             raise DepthFXError("the torch backend needs a PyTorch model, not an .onnx file")
     else:
-        model = load_model(args.model)
-        example = (torch.randn(shape or (args.batch or 1, 3, 224, 224)),)
+        model = load_model(args.model).eval()
+        example = (torch.randn(parse_shape(args.input_shape, args.batch)),)
     result = benchmark(
         model,
         example,
@@ -111,9 +80,5 @@ def run(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json is not None:
-        out = {"model": args.model, **result.to_dict()}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, args.json)
+        write_json(args.json, {"model": args.model, **result.to_dict()})
     return 0

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from depthfx.errors import DepthFXError
+from depthfx.commands._common import add_model_arguments, load_model_and_input
+from depthfx.io import write_json
 
 
 def register(subparsers: Any) -> None:
@@ -18,13 +15,7 @@ def register(subparsers: Any) -> None:
         help="find the conv chains of a model (positions, activations, residuals, blocks)",
         description="Capture a model with torch.fx and print its conv chains.",
     )
-    p.add_argument("model", help="torchvision:NAME, timm:NAME or path/to/file.py:factory")
-    p.add_argument("--weights", help="local state_dict file to load (nothing is downloaded)")
-    p.add_argument(
-        "--input-shape",
-        default="1,3,224,224",
-        help="example input shape, comma separated (default: 1,3,224,224)",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--strided",
         choices=("general", "paper"),
@@ -44,43 +35,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(v <= 0 for v in shape):
-        raise DepthFXError(
-            f"bad --input-shape {text!r}: expected positive integers like 1,3,224,224"
-        )
-    return shape
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a failed run never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from depthfx.analysis import analyze
-    from depthfx.models import load_model
 
-    shape = parse_shape(args.input_shape)
-    model = load_model(args.model, args.weights)
+    model, example = load_model_and_input(args)
     analysis = analyze(
         model,
-        torch.randn(shape),
+        example,
         strided=args.strided,
         exclude=args.exclude,
         min_convs=args.min_convs,
@@ -88,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(analysis)
     if args.json:
-        write_json(Path(args.json), {"model": args.model, **analysis.to_json()})
+        write_json(args.json, {"model": args.model, **analysis.to_json()})
     return 0

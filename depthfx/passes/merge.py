@@ -29,6 +29,7 @@ from dataclasses import replace
 import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves
+from tqdm.auto import tqdm
 
 from depthfx.algebra import (
     AffineConv,
@@ -41,6 +42,7 @@ from depthfx.algebra import (
     fuse_projection,
     to_modules,
 )
+from depthfx.errors import MergeMismatch
 from depthfx.passes.prepare import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
 from depthfx.plan import Plan, PlanError
 
@@ -55,28 +57,44 @@ def convert(
     rtol: float = 1e-4,
     atol: float = 1e-5,
     check: bool = True,
+    max_kernel_bytes: int = 2 << 30,
 ) -> fx.GraphModule:
     """Merge a network made by ``prepare`` (after any fine-tuning) into its shallow form.
 
     The result is a new eval-mode GraphModule; ``prepared`` is not modified. ``plan``, when
     given, must be the plan ``prepared`` was made with. With ``check`` (default) the merged
     network is compared with ``prepared`` on ``example_inputs`` (default: seeded random inputs
-    of the recorded shapes) and ``MergeMismatch`` is raised beyond ``rtol``/``atol``.
+    of the recorded shapes) and ``MergeMismatch`` is raised beyond ``rtol``/``atol``, naming
+    the first group whose merged conv does not reproduce its prepared convs.
+
+    A merged kernel grows by s·(k − 1) per conv (s: the stride product before it), so merging
+    across many strided convs can give kernels of hundreds of taps (spec §7 pitfall 13).
+    ``PlanError`` is raised before any work when a group's float64 kernel would exceed
+    ``max_kernel_bytes``: such a plan is not worth deploying, and composing it could exhaust
+    memory.
     """
     info: PreparedInfo | None = getattr(prepared, PREPARED_ATTR, None)
     if info is None:
         raise PlanError("convert() takes the module returned by depthfx.prepare()")
     if plan is not None and plan.chains != info.plan.chains:
         raise PlanError("the plan differs from the one this module was prepared with")
+    for record in info.groups:
+        _check_size(prepared, record, max_kernel_bytes)
     merged = copy.deepcopy(prepared).eval()
-    for index, record in enumerate(info.groups):
-        _merge_group(merged, index, record)
+    # Group outputs replaced so far: a later group whose input is one must read the new node.
+    replaced: dict[str, fx.Node] = {}
+    for record in tqdm(info.groups, desc="merging", unit="group", disable=None, leave=False):
+        _merge_group(merged, record, replaced)
     merged.graph.eliminate_dead_code()
     merged.delete_all_unused_submodules()
     merged.graph.lint()
     merged.recompile()
     if check:
-        verify(prepared, merged, _inputs(info, example_inputs), rtol=rtol, atol=atol)
+        inputs = _inputs(info, example_inputs)
+        try:
+            verify(prepared, merged, inputs, rtol=rtol, atol=atol)
+        except MergeMismatch as err:
+            raise group_mismatch(prepared, merged, inputs, rtol=rtol, atol=atol) or err from err
     return merged
 
 
@@ -122,7 +140,86 @@ def _inputs(
     return tuple(torch.randn(shape, generator=generator) for shape in info.example_shapes)
 
 
-def _merge_group(gm: fx.GraphModule, index: int, record: GroupRecord) -> None:
+def _group_name(record: GroupRecord) -> str:
+    return f"depthfx_merged_{record.chain}_{record.start}_{record.end}"
+
+
+def _describe(record: GroupRecord) -> str:
+    first, last = record.convs[0].module, record.convs[-1].module
+    return f"group {record.start}->{record.end} of chain {record.chain} ({first} … {last})"
+
+
+def _check_size(gm: fx.GraphModule, record: GroupRecord, limit: int) -> None:
+    """Raise PlanError when the group's dense float64 kernel would exceed ``limit`` bytes."""
+    size, scale = [1, 1], [1, 1]
+    for step in record.convs:
+        conv = gm.get_submodule(step.module)
+        for axis in (0, 1):
+            size[axis] += scale[axis] * conv.dilation[axis] * (conv.kernel_size[axis] - 1)
+            scale[axis] *= conv.stride[axis]
+    first, last = (
+        gm.get_submodule(record.convs[0].module),
+        gm.get_submodule(record.convs[-1].module),
+    )
+    nbytes = 8 * last.out_channels * first.in_channels * size[0] * size[1]
+    if nbytes > limit:
+        raise PlanError(
+            f"{_describe(record)} merges into a {size[0]}×{size[1]} kernel with "
+            f"{last.out_channels}×{first.in_channels} channels ({nbytes / 2**30:.1f} GiB in "
+            f"float64, limit {limit / 2**30:.1f} GiB): cut it with more merge boundaries, or "
+            "raise max_kernel_bytes"
+        )
+
+
+def group_mismatch(
+    prepared: fx.GraphModule,
+    merged: fx.GraphModule,
+    inputs: Sequence[torch.Tensor],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> MergeMismatch | None:
+    """The mismatch of the first group whose merged modules, fed the prepared network's own
+    group input (eval mode), do not reproduce its group output; None if every group does.
+
+    Checks each merged conv on its own, before any activation that could hide an error by
+    saturating.
+    """
+    info: PreparedInfo = getattr(prepared, PREPARED_ATTR)
+    values: dict[str, torch.Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                values[n.name] = out.clone()  # a later in-place activation would overwrite it
+            return out
+
+    was_training = prepared.training
+    prepared.eval()
+    try:
+        with torch.no_grad():
+            Recorder(prepared).run(*inputs)
+            for record in info.groups:
+                prefix = _group_name(record)
+                if not hasattr(merged, f"{prefix}_conv"):
+                    continue
+                x = values[record.input]
+                if hasattr(merged, f"{prefix}_pad"):
+                    x = getattr(merged, f"{prefix}_pad")(x)
+                got = getattr(merged, f"{prefix}_conv")(x)
+                try:
+                    check_close(
+                        values[record.output], got, group=_describe(record), rtol=rtol, atol=atol
+                    )
+                except MergeMismatch as err:
+                    return err
+    finally:
+        prepared.train(was_training)
+    return None
+
+
+def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx.Node]) -> None:
     if len(record.convs) == 1 and gm.get_submodule(record.convs[0].module).padding_mode != "zeros":
         return  # its padding is not zeros: nothing to merge, and folding would change it
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -134,11 +231,11 @@ def _merge_group(gm: fx.GraphModule, index: int, record: GroupRecord) -> None:
         )
     dtype = gm.get_submodule(record.convs[0].module).weight.dtype
     pad, conv = to_modules(affine, dtype)
-    prefix = f"depthfx_merged_{record.chain}_{record.start}_{record.end}"
+    prefix = _group_name(record)
     graph = gm.graph
     output = nodes[record.output]
     new_nodes: list[fx.Node] = []
-    x = nodes[record.input]
+    x = replaced.get(record.input, nodes[record.input])
     anchor = output
     for suffix, module in (("pad", pad), ("conv", conv)):
         if module is None:
@@ -149,7 +246,8 @@ def _merge_group(gm: fx.GraphModule, index: int, record: GroupRecord) -> None:
         new_nodes.append(x)
         anchor = x
     output.replace_all_uses_with(x, delete_user_cb=lambda user: user not in new_nodes)
-    logger.debug("group %d (%s) merged into %s", index, prefix, tuple(conv.weight.shape))
+    replaced[record.output] = x
+    logger.debug("%s merged into %s", _describe(record), tuple(conv.weight.shape))
 
 
 def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:

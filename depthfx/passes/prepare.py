@@ -255,7 +255,8 @@ def _prepare_group(
         _strip_padding(gm, nodes, conv)
     first = nodes[convs[0].node]
     group_input = first.args[0]
-    with graph.inserting_before(first):
+    # Right after the input: a projection shortcut that reads it may come before the body.
+    with graph.inserting_after(group_input):
         padded = graph.call_function(F.pad, (group_input, (pad[2], pad[3], pad[0], pad[1])))
     first.replace_input_with(group_input, padded)
 

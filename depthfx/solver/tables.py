@@ -258,6 +258,16 @@ class LatencyTable(_Table):
         self._optimal: OptimalLatencyTable | None = None
 
     @classmethod
+    def measure(
+        cls, model: Any, example_inputs: Any, backend: str = "onnxruntime", **opts: Any
+    ) -> LatencyTable:
+        """Time every valid block of ``model`` on ``backend``, plus the end-to-end latency
+        (see :func:`depthfx.measure.latency.measure_latency_table` for ``opts``)."""
+        from depthfx.measure.latency import measure_latency_table
+
+        return measure_latency_table(model, example_inputs, backend=backend, **opts)
+
+    @classmethod
     def from_entries(
         cls,
         entries: Mapping[Any, Any] | Iterable[Any],
@@ -467,6 +477,16 @@ class ImportanceTable(_Table):
         if norm == "default" and self.default_acts is None:
             raise TableError(f"{source}: norm 'default' needs default_acts (the original pattern)")
         self._extended: ExtendedImportanceTable | None = None
+
+    @classmethod
+    def measure(
+        cls, model: Any, example_inputs: Any, data: Any = None, method: Any = "proxy", **opts: Any
+    ) -> ImportanceTable:
+        """Score every extended block of ``model`` (``method``: ``"proxy"``, ``"finetune"`` or a
+        callable; see :func:`depthfx.measure.importance.measure_importance` for ``opts``)."""
+        from depthfx.measure.importance import measure_importance
+
+        return measure_importance(model, example_inputs, data, method, **opts)
 
     @classmethod
     def from_entries(

@@ -1,0 +1,115 @@
+"""Importance-table benchmarks: proxy speed, and how well the proxy ranks like fine-tuning.
+
+1. Proxy table time for torchvision MobileNetV2 at 224×224 with 256 calibration images
+   (Fashion-MNIST resized to 3×224×224 when installed, else random inputs) on ``--threads``
+   CPU threads. ``--every K`` measures every K-th entry only and extrapolates the total.
+2. On a small CNN trained on Fashion-MNIST: the Spearman rank correlation between proxy
+   scores and the paper's fine-tuning scores (val_acc deltas), over all extended blocks.
+   A high correlation means the proxy is good enough to rank blocks for that model.
+
+Usage: .venv/bin/python benchmarks/importance.py [--threads 2] [--every 1] [--skip-mbv2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from depthfx.analysis import analyze
+from depthfx.data import load_dataset
+from depthfx.errors import DepthFXError
+from depthfx.measure.importance import entries_of, measure_importance
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def mbv2_proxy(threads: int, every: int, images: int) -> None:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    x = torch.zeros(1, 3, 224, 224)
+    try:
+        data = load_dataset(f"fashion-mnist-test[:{images}]", input_shape=(3, 224, 224))
+        calib, kind = [data.tensors[0]], "fashion-mnist"
+    except DepthFXError:
+        calib, kind = [torch.randn(images, 3, 224, 224)], "random"
+    analysis = analyze(model, x, training=False)
+    n = len(entries_of(analysis))
+    t0 = time.perf_counter()
+    measure_importance(model, x, calib, analysis=analysis, images=images, score="kl",
+                       threads=threads, shard=(0, every))  # fmt: skip
+    dt = time.perf_counter() - t0
+    done = len(range(0, n, every))
+    print(
+        f"| MobileNetV2 224x224, {images} {kind} images, {threads} threads | {n} entries | "
+        f"{done} measured in {dt:.0f} s | est. full table {dt * n / done / 60:.1f} min |"
+    )
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        chans = [1, 16, 16, 32, 32, 32]
+        for i in range(5):
+            stride = 2 if i in (1, 3) else 1
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride, 1, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]  # fmt: skip
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def proxy_vs_finetune(threads: int, train_n: int, steps: int) -> None:
+    import depthfx
+
+    torch.set_num_threads(threads)
+    train = load_dataset(f"fashion-mnist[:{train_n}]")
+    val = load_dataset("fashion-mnist-test[:2000]")
+    torch.manual_seed(0)
+    model = Small()
+    depthfx.finetune(model, train, epochs=2, lr=0.05, batch_size=128, progress=False)
+    x = torch.zeros(1, 1, 28, 28)
+    calib = [(val.tensors[0][:256], val.tensors[1][:256])]
+    t0 = time.perf_counter()
+    proxy = measure_importance(model, x, calib, score="kl", threads=threads, progress=False)
+    t_proxy = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ft = measure_importance(model, x, method="finetune", train_data=train, val_data=val,
+                            steps=steps, batch_size=128, lr=0.05, threads=threads)  # fmt: skip
+    t_ft = time.perf_counter() - t0
+    keys = list(proxy.scores)
+    rho = _spearman([proxy.scores[k] for k in keys], [ft.scores[k] for k in keys])
+    print(
+        f"| small CNN, Fashion-MNIST ({train_n} train, {steps}-step finetune) | "
+        f"{len(keys)} entries | proxy {t_proxy:.0f} s, finetune {t_ft:.0f} s | "
+        f"Spearman rho(proxy, finetune) = {rho:.3f} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--train", type=int, default=10000)
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--skip-mbv2", action="store_true")
+    args = p.parse_args()
+    if not args.skip_mbv2:
+        mbv2_proxy(args.threads, args.every, args.images)
+    proxy_vs_finetune(args.threads, args.train, args.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The one-call API: plan a compression under a latency budget, and compile a model with it.
+
+``plan`` measures what is missing (latency table on the chosen backend, proxy importance table),
+solves the two-stage DP and returns a :class:`~depthfx.plan.Plan`. ``compile`` is plan → prepare
+→ convert without fine-tuning: exact with respect to the prepared network, but the prepared
+network has fewer activations than the original, so its accuracy needs fine-tuning (the staged
+API: ``plan`` → ``prepare`` → your training or ``depthfx.finetune`` → ``convert``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from depthfx.analysis import Analysis, analyze
+from depthfx.errors import DepthFXError
+from depthfx.plan import Plan, chain_plan
+from depthfx.solver import ImportanceTable, LatencyTable, solve
+
+#: Discretisation target: the chain budget spans about this many integer latency units.
+BUDGET_UNITS = 2000
+
+_warned_about_finetuning = False
+
+
+def plan(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    budget: float | None = 0.6,
+    *,
+    budget_ms: float | None = None,
+    latency: LatencyTable | None = None,
+    importance: ImportanceTable | None = None,
+    backend: str = "onnxruntime",
+    data: Any = None,
+    strided: str = "general",
+    exclude: Sequence[str] = (),
+    prec: float | None = None,
+    latency_options: dict[str, Any] | None = None,
+    importance_options: dict[str, Any] | None = None,
+) -> Plan:
+    """Choose A and S for every chain of ``model`` so its predicted latency fits the budget.
+
+    ``budget`` is a fraction of the original model's end-to-end latency measured on
+    ``backend``; ``budget_ms`` gives it in milliseconds instead. Tables not given are
+    measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
+    ``data``; both cache their work). ``prec`` (latency units per ms) defaults to a value that
+    gives the chain budget about 2000 integer units.
+    """
+    inputs = _as_tuple(example_inputs)
+    analysis = analyze(model, inputs, strided=strided, exclude=exclude)
+    if latency is None:
+        latency = LatencyTable.measure(
+            model, inputs, backend=backend, strided=strided, exclude=exclude,
+            **(latency_options or {}),
+        )  # fmt: skip
+    if importance is None:
+        importance = ImportanceTable.measure(
+            model, inputs, data=data, strided=strided, exclude=exclude,
+            **(importance_options or {}),
+        )  # fmt: skip
+    total_ms, fixed_ms = _latency_budget_parts(latency)
+    if budget_ms is None:
+        if budget is None or budget <= 0:
+            raise DepthFXError(f"budget must be a positive fraction of the latency, got {budget}")
+        budget_ms = budget * total_ms
+    chain_budget = budget_ms - fixed_ms
+    if chain_budget <= 0:
+        raise DepthFXError(
+            f"budget {budget_ms:.4g} ms leaves nothing for the chains: the part of the model "
+            f"outside them alone takes {fixed_ms:.4g} ms"
+        )
+    prec = prec if prec is not None else BUDGET_UNITS / chain_budget
+    solution = solve(latency, importance, budget=chain_budget, prec=prec)
+    chains = tuple(
+        chain_plan(
+            [c.node for c in chain.convs],
+            solution.chains[chain.index].act_pos,
+            solution.chains[chain.index].merge_pos,
+        )
+        for chain in analysis.chains
+    )
+    return Plan(
+        chains=chains,
+        input_shapes=tuple(tuple(x.shape) for x in inputs),
+        strided=strided,
+        exclude=tuple(exclude),
+        budget_ms=budget_ms,
+        predicted_ms=fixed_ms + solution.time,
+        objective=solution.objective,
+        fingerprints={
+            "latency": dict(latency.meta.get("fingerprint", {})),
+            "importance": dict(importance.meta.get("fingerprint", {})),
+        },
+    )
+
+
+@dataclass
+class CompileReport:
+    """What ``compile`` did: conv counts, activations removed, exactness, predicted latency."""
+
+    convs_before: int
+    convs_after: int
+    activations_before: int
+    activations_after: int
+    max_abs_error: float
+    max_rel_error: float
+    predicted_ms: float | None
+    budget_ms: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "convs_before": self.convs_before,
+            "convs_after": self.convs_after,
+            "activations_before": self.activations_before,
+            "activations_after": self.activations_after,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "predicted_ms": self.predicted_ms,
+            "budget_ms": self.budget_ms,
+            **self.extra,
+        }
+
+
+def compile(
+    model: nn.Module,
+    budget: float | None = 0.6,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    plan: Plan | None = None,
+    **plan_options: Any,
+) -> fx.GraphModule:
+    """plan → prepare → convert in one call, without fine-tuning.
+
+    Returns the merged GraphModule with ``.depthfx_plan`` (the Plan) and ``.depthfx_report``
+    (a :class:`CompileReport`). Warns once that accuracy needs fine-tuning.
+    """
+    from depthfx.passes.merge import convert, count_convs
+    from depthfx.passes.prepare import prepare
+
+    if example_inputs is None:
+        raise DepthFXError("compile needs example_inputs (a tensor or a tuple of tensors)")
+    inputs = _as_tuple(example_inputs)
+    chosen = plan if plan is not None else globals()["plan"](model, inputs, budget, **plan_options)
+    _warn_finetuning()
+    prepared = prepare(model, chosen, inputs)
+    merged = convert(prepared, chosen, inputs)
+    abs_err, rel_err = _max_errors(prepared, merged, inputs)
+    original = analyze(model, inputs, strided=chosen.strided, exclude=chosen.exclude)
+    merged.depthfx_plan = chosen
+    merged.depthfx_report = CompileReport(
+        convs_before=count_convs(original.graph_module),
+        convs_after=count_convs(merged),
+        activations_before=_activation_count(original),
+        activations_after=sum(len(c.act_pos) for c in chosen.chains)
+        + _activations_outside_plan(original, chosen),
+        max_abs_error=abs_err,
+        max_rel_error=rel_err,
+        predicted_ms=chosen.predicted_ms,
+        budget_ms=chosen.budget_ms,
+    )
+    return merged
+
+
+def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def _latency_budget_parts(latency: LatencyTable) -> tuple[float, float]:
+    """(end-to-end ms of the original model, ms spent outside the chains) from the table."""
+    try:
+        return float(latency.meta["end_to_end_ms"]), float(latency.meta["fixed_ms"])
+    except KeyError as err:
+        raise DepthFXError(
+            f"the latency table has no {err.args[0]!r}: measure it with LatencyTable.measure, or "
+            "give budget_ms for the chains of a table read from the paper's CSV format"
+        ) from None
+
+
+def _warn_finetuning() -> None:
+    global _warned_about_finetuning
+    if not _warned_about_finetuning:
+        _warned_about_finetuning = True
+        warnings.warn(
+            "depthfx.compile merges without fine-tuning: the result computes exactly what the "
+            "prepared network computes, but removing activations costs accuracy until it is "
+            "fine-tuned. For accuracy use the staged API: depthfx.plan → depthfx.prepare → "
+            "train (e.g. depthfx.finetune) → depthfx.convert.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _max_errors(
+    reference: nn.Module, merged: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[float, float]:
+    from torch.utils._pytree import tree_leaves
+
+    reference.eval()
+    with torch.no_grad():
+        pairs = zip(tree_leaves(reference(*inputs)), tree_leaves(merged(*inputs)), strict=True)
+        errors = [((a - b).abs().max().item(), a.abs().max().item()) for a, b in pairs]
+    abs_err = max(e for e, _ in errors)
+    rel_err = max(e / s if s else e for e, s in errors)
+    return abs_err, rel_err
+
+
+def _activation_count(analysis: Analysis) -> int:
+    return sum(len(c.activations) for c in analysis.chains)
+
+
+def _activations_outside_plan(analysis: Analysis, chosen: Plan) -> int:
+    planned = {tuple(c.convs) for c in chosen.chains}
+    return sum(
+        len(chain.activations)
+        for chain in analysis.chains
+        if tuple(c.node for c in chain.convs) not in planned
+    )

@@ -1,0 +1,127 @@
+"""``depthfx table importance``: score every extended block of a model (proxy or fine-tuning)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from depthfx.commands._common import add_model_arguments
+from depthfx.errors import DepthFXError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "importance",
+        help="measure the importance table (proxy, or the paper's fine-tuning protocol)",
+        description=(
+            "Score every extended block (chain, st, end, st_act, end_act) of MODEL. proxy: "
+            "output divergence of each block's merged network on calibration data (minutes, "
+            "no training). finetune: the paper's 1-epoch fine-tuning per entry (cached, "
+            "resumable, shardable). Data specs: digits, fashion-mnist[:N], fashion-mnist-test, "
+            "an image folder, a .pt/.npz file."
+        ),
+    )
+    add_model_arguments(p)
+    p.add_argument("--method", choices=("proxy", "finetune"), default="proxy")
+    p.add_argument("--data", help="calibration data (proxy) or held-out data (finetune)")
+    p.add_argument("--train-data", help="fine-tuning data (finetune)")
+    p.add_argument("--images", type=int, default=None, help="calibration images (default 256)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")
+    p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (overrides epochs)")
+    p.add_argument("--lr", type=float, default=0.1, help="fine-tuning lr (default 0.1)")
+    p.add_argument("--norm", choices=("none", "single", "default", "all"), default=None)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--mean", default=None, help="input normalisation mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", default=None, help="input normalisation std")
+    p.add_argument("--strided", choices=("general", "paper"), default="general")
+    p.add_argument("--exclude", action="append", default=[], help="conv kept out of chains")
+    p.add_argument("--cache", type=Path, default=None, help="per-entry result folder (finetune)")
+    p.add_argument("--shard", default=None, metavar="K/N", help="measure only shard K of N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-o", "--output", type=Path, required=True, help="table file: .json or .csv")
+    p.add_argument("--ext-csv", type=Path, default=None, help="also write the I_ext table (CSV)")
+    p.set_defaults(func=run)
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DepthFXError(
+            f"bad --mean/--std {text!r}: expected numbers like 0.5,0.5,0.5"
+        ) from None
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DepthFXError(f"bad --shard {text!r}: expected K/N such as 0/4") from None
+    return k, n
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from depthfx.commands._common import parse_shape
+    from depthfx.data import load_dataset
+    from depthfx.measure.importance import measure_importance, write_raw_csv
+    from depthfx.models import load_model
+
+    if args.output.suffix not in (".json", ".csv"):
+        raise DepthFXError(f"--output {args.output}: use a .json or .csv file name")
+    model = load_model(args.model, args.weights).eval()
+    mean, std = _floats(args.mean), _floats(args.std)
+
+    def dataset(spec: str | None, shape: tuple[int, ...] | None):
+        return None if spec is None else load_dataset(spec, input_shape=shape, mean=mean, std=std)
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    data = dataset(args.data, shape[1:] if shape else None)
+    if shape is None:
+        shape = (1, *data.tensors[0].shape[1:]) if data is not None else parse_shape(None)
+    if data is not None and args.method == "proxy" and bool((data.tensors[1] < 0).all()):
+        data = [x for (x,) in zip(data.tensors[0].split(64), strict=True)]  # unlabelled
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    table = measure_importance(
+        model,
+        example,
+        data,
+        args.method,
+        train_data=dataset(args.train_data, shape[1:]),
+        strided=args.strided,
+        exclude=args.exclude,
+        score=args.score,
+        images=args.images,
+        batch_size=args.batch_size,
+        norm=args.norm,
+        alpha=args.alpha,
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        cache=args.cache,
+        shard=_shard(args.shard),
+        seed=args.seed,
+        threads=args.threads,
+    )
+    table.meta["model_spec"] = args.model
+    table.meta["data"] = {"data": args.data, "train_data": args.train_data}
+    if args.output.suffix == ".json":
+        table.write_json(args.output)
+    else:
+        write_raw_csv(table, args.output)
+    if args.ext_csv is not None:
+        table.extended().write_csv(args.ext_csv)
+    values = list(table.scores.values())
+    print(
+        f"{len(values)} entries, score {table.score} in [{min(values):.4g}, {max(values):.4g}], "
+        f"norm {table.norm} (alpha {table.alpha:g}) -> {args.output}"
+    )
+    return 0

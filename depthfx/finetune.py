@@ -1,0 +1,221 @@
+"""Fine-tuning with the paper's recipe (spec §3.2, §5.2), for prepared networks.
+
+SGD with Nesterov momentum 0.9 and weight decay 1e-5, a cosine learning-rate decay applied per
+iteration (lr_t = lr·(1 + cos(π t / t_max))/2, t = 0 … t_max−1), cross-entropy, and optional
+knowledge distillation from the original network: loss = α·CE(softmax(teacher), student) +
+(1 − α)·CE(label) at temperature 1 (α = 0.3 in the paper's ``--distill 0.3``). BN layers train.
+A checkpoint (model, optimiser, step), written atomically, lets an interrupted run resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from depthfx.errors import DepthFXError
+
+if TYPE_CHECKING:  # torch is imported inside the functions: ``import depthfx`` stays cheap
+    import torch
+    from torch import nn
+
+PathLike = str | os.PathLike[str]
+
+
+def as_loader(
+    data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0
+) -> Iterable[Any]:
+    """Batches of (input, label) from a Dataset, an (inputs, labels) tensor pair or an iterable
+    of batches (used as is). Datasets are shuffled with a generator seeded by (seed, epoch), so
+    the order is reproducible and a resumed run sees the same batches."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        data = TensorDataset(data[0], torch.as_tensor(data[1]))
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    if isinstance(data, Iterable):
+        return data
+    raise DepthFXError(
+        f"cannot iterate over {type(data).__name__}: give a Dataset, an (inputs, labels) pair "
+        "of tensors or an iterable of (input, label) batches"
+    )
+
+
+def _batches(
+    data: Any, batch_size: int, seed: int, start_step: int, total: int
+) -> Iterator[tuple[int, Any]]:
+    """(step, batch) for steps start_step … total−1, cycling over epochs."""
+    step, epoch = 0, 0
+    while step < total:
+        loader = as_loader(data, batch_size, shuffle=True, seed=seed, epoch=epoch)
+        seen = False
+        for batch in loader:
+            seen = True
+            if step >= start_step:
+                yield step, batch
+            step += 1
+            if step >= total:
+                return
+        if not seen:
+            raise DepthFXError("the training data yielded no batch")
+        epoch += 1
+
+
+def steps_per_epoch(data: Any, batch_size: int) -> int:
+    """Number of batches in one pass over ``data``."""
+    loader = as_loader(data, batch_size, shuffle=False)
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in loader)
+
+
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """The original's per-iteration cosine schedule (``adjust_learning_rate``, ``cos``)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _split_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    if not isinstance(batch, tuple | list) or len(batch) < 2:
+        raise DepthFXError("training data must yield (input, label) pairs")
+    return batch[0].to(device), torch.as_tensor(batch[1]).to(device)
+
+
+def finetune(
+    prepared: nn.Module,
+    train_data: Any,
+    epochs: float = 1,
+    lr: float = 0.1,
+    distill_from: nn.Module | None = None,
+    *,
+    steps: int | None = None,
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-5,
+    alpha_kd: float = 0.3,
+    label_smoothing: float = 0.0,
+    grad_clip: float | None = None,
+    seed: int = 0,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int = 200,
+    progress: bool = True,
+) -> nn.Module:
+    """Fine-tune ``prepared`` in place with the paper's recipe; returns it in eval mode.
+
+    ``epochs`` (may be fractional) or ``steps`` sets the number of iterations t_max. With
+    ``distill_from`` (the original model) the loss mixes in the teacher's soft labels with
+    weight ``alpha_kd``. ``checkpoint``: a file written every ``checkpoint_every`` steps and at
+    the end; if it exists, training resumes from it (and does nothing when it is complete).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    device = _device_of(prepared)
+    total = steps
+    if total is None:
+        total = math.ceil(epochs * steps_per_epoch(train_data, batch_size))
+    if total < 1:
+        raise DepthFXError(f"nothing to train: {total} steps")
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+    )
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if state["total"] != total:
+            raise DepthFXError(f"{ckpt}: checkpoint of a {state['total']}-step run, not {total}")
+        prepared.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    if distill_from is not None:
+        distill_from.eval()
+    prepared.train()
+    bar = tqdm(total=total, initial=start, desc="finetune", unit="step", leave=False,
+               disable=None if progress else True)  # fmt: skip
+    with bar:
+        for step, batch in _batches(train_data, batch_size, seed, start, total):
+            x, y = _split_batch(batch, device)
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(lr, step, total)
+            out = prepared(x)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if distill_from is not None:
+                with torch.no_grad():
+                    soft = F.softmax(distill_from(x), dim=1)
+                kd = -(soft * F.log_softmax(out, dim=1)).sum(1).mean()
+                loss = alpha_kd * kd + (1 - alpha_kd) * loss
+            if not torch.isfinite(loss.detach()):
+                raise DepthFXError(
+                    f"fine-tuning diverged at step {step}: loss {float(loss.detach())}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            done = step + 1
+            if ckpt is not None and (done % checkpoint_every == 0 or done == total):
+                _save(ckpt, prepared, opt, done, total)
+    return prepared.eval()
+
+
+def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, total: int) -> None:
+    import torch
+
+    from depthfx.io import atomic_path
+
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "total": total,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 in percent) of ``model`` in eval mode over ``data``."""
+    import torch
+    import torch.nn.functional as F
+
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        with torch.no_grad():
+            for batch in as_loader(data, batch_size, shuffle=False):
+                x, y = _split_batch(batch, device)
+                out = model(x)
+                loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+                correct += int((out.argmax(1) == y).sum())
+                n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise DepthFXError("the evaluation data yielded no batch")
+    return loss_sum / n, 100.0 * correct / n
+
+
+__all__ = ["as_loader", "cosine_lr", "evaluate", "finetune", "steps_per_epoch"]

@@ -1,0 +1,60 @@
+"""A tiny CNN with padded 3×3 convs, a linear position, a residual and two chains, trained on
+scikit-learn digits (8×8) in about a second; shared by the importance tests."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Chain 0: conv1-bn-relu, conv2-bn (linear), conv3-bn + residual from 1 -> relu, conv4;
+    a max-pool; chain 1: conv5-bn-relu; then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b3 = nn.BatchNorm2d(8)
+        self.c4 = nn.Conv2d(8, 12, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.c5 = nn.Conv2d(12, 16, 3, padding=1, bias=False)
+        self.b5 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(x))
+        x = torch.relu(x + self.b3(self.c3(y)))
+        x = torch.relu(self.c4(x))
+        x = torch.relu(self.b5(self.c5(self.pool(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@functools.cache
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    sklearn = pytest.importorskip("sklearn.datasets")
+    d = sklearn.load_digits()
+    return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.tensor(d.target)
+
+
+def trained_tiny(steps: int = 80) -> Tiny:
+    torch.manual_seed(0)
+    model = Tiny()
+    x, y = digits()
+    x, y = x[:1400], y[:1400]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -1,0 +1,219 @@
+"""Proxy and callable importance tables: coverage, exactness against prepare(), zeros, signs,
+determinism, file formats and the CLI."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from importance_helpers import Tiny, digits, trained_tiny
+
+import depthfx
+from depthfx.analysis import analyze
+from depthfx.measure.importance import (
+    build_network,
+    entries_of,
+    entry_plan,
+    measure_importance,
+    write_raw_csv,
+)
+from depthfx.passes.prepare import prepare
+from depthfx.solver import ImportanceTable
+
+X1 = torch.zeros(1, 1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine OpenMP spin-waiting with 2 threads is
+    many times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@functools.cache
+def _setup() -> tuple[Tiny, object, object]:
+    model = trained_tiny()
+    analysis = analyze(model, X1, training=False)
+    x, y = digits()
+    calib = list(zip(x[1400:1528].split(32), y[1400:1528].split(32), strict=True))
+    table = measure_importance(model, X1, calib, analysis=analysis, score="kl", progress=False)
+    return model, analysis, table
+
+
+def _new_acts(analysis, key) -> set[int]:
+    """Spec §3.2: new_A = (default minus the block's interior) plus the flagged ends."""
+    _, st, end, sa, ea = key
+    acts = set(analysis.chains[key[0]].default_acts)
+    new = {p for p in acts if not st < p < end} | ({st} if sa else set()) | ({end} if ea else set())
+    return new - {0}
+
+
+def _unchanged(analysis, key) -> bool:
+    return _new_acts(analysis, key) == set(analysis.chains[key[0]].default_acts)
+
+
+def test_two_chains_and_every_extended_block_covered() -> None:
+    _, analysis, table = _setup()
+    assert [c.num_convs for c in analysis.chains] == [4, 1]
+    expected = [(c.index, *b) for c in analysis.chains for b in c.extended_blocks()]
+    assert list(table.scores) == expected
+    # position 2 is linear in the original: both flags are measured there
+    assert (0, 2, 3, 0, 1) in table.scores and (0, 1, 2, 1, 0) in table.scores
+    assert table.norm == "none" and table.score == "neg_kl"
+
+
+def test_entry_network_is_the_prepared_network() -> None:
+    model, analysis, _ = _setup()
+    x = digits()[0][:16]
+    for key in entries_of(analysis):
+        plan = entry_plan(analysis, key)
+        with torch.no_grad():
+            want = prepare(model, plan, (X1,)).eval()(x)
+            got = build_network(analysis, plan)(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # padding moved: merging convs 1..3 pads the group input by 3 and the convs by 0
+    net = build_network(analysis, entry_plan(analysis, (0, 0, 3, 1, 1)))
+    assert [net.get_submodule(n).padding for n in ("c1", "c2", "c3")] == [(0, 0)] * 3
+
+
+def test_proxy_scores_equal_an_independent_computation() -> None:
+    """The cached, prefix-split evaluation gives the same KL as full prepare() networks."""
+    model, analysis, table = _setup()
+    x = digits()[0][1400:1528]
+    with torch.no_grad():
+        ref = F.log_softmax(prepare(model, entry_plan(analysis, None), (X1,)).eval()(x).double(), 1)
+        for key in [(0, 0, 3, 1, 1), (0, 1, 4, 1, 1), (0, 2, 3, 0, 1), (1, 0, 1, 1, 1)]:
+            out = prepare(model, entry_plan(analysis, key), (X1,)).eval()(x).double()
+            kl = float((ref.exp() * (ref - F.log_softmax(out, 1))).sum(1).mean())
+            assert table.scores[key] == pytest.approx(-kl, rel=1e-6, abs=1e-12)
+
+
+def test_unchanged_entries_score_exactly_zero_and_removals_negative() -> None:
+    _, analysis, table = _setup()
+    zeros = [k for k in table.scores if _unchanged(analysis, k)]
+    # single-conv blocks with the original flags, and (1, 3): merging a linear pair
+    assert {(0, 0, 1, 1, 1), (0, 1, 2, 1, 0), (0, 2, 3, 0, 1), (0, 1, 3, 1, 1)} <= set(zeros)
+    assert all(table.scores[k] == 0.0 for k in zeros)
+    changed = [k for k in table.scores if not _unchanged(analysis, k)]
+    assert changed and all(table.scores[k] < 0 for k in changed)
+
+
+def test_accuracy_score_in_percentage_points() -> None:
+    model, analysis, _ = _setup()
+    x, y = digits()
+    calib = [(x[1400:1500], y[1400:1500])]
+    table = measure_importance(model, X1, calib, analysis=analysis, progress=False)
+    assert table.score == "val_acc"
+    assert table.meta["columns"] == ["val_acc", "neg_kl", "neg_rel_mse"]
+    with torch.no_grad():
+        base = prepare(model, entry_plan(analysis, None), (X1,)).eval()(x[1400:1500])
+        out = prepare(model, entry_plan(analysis, (0, 0, 4, 1, 1)), (X1,)).eval()(x[1400:1500])
+    delta = float((out.argmax(1) == y[1400:1500]).sum() - (base.argmax(1) == y[1400:1500]).sum())
+    assert table.scores[(0, 0, 4, 1, 1)] == pytest.approx(delta)  # 100 images: 1 image = 1 pp
+
+
+def test_random_inputs_warn_and_are_deterministic() -> None:
+    model, analysis, _ = _setup()
+    with pytest.warns(UserWarning, match="random inputs"):
+        a = measure_importance(model, X1, analysis=analysis, seed=3, progress=False)
+    with pytest.warns(UserWarning, match="random inputs"):
+        b = measure_importance(model, X1, analysis=analysis, seed=3, progress=False)
+    with pytest.warns(UserWarning, match="random inputs"):
+        c = measure_importance(model, X1, analysis=analysis, seed=4, progress=False)
+    assert a.scores == b.scores
+    assert a.scores != c.scores
+    assert a.meta["fingerprint"]["random_inputs"] is True
+
+
+def test_mse_for_non_classifiers() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)
+    ).eval()
+    x = torch.randn(1, 3, 10, 10)
+    table = measure_importance(model, x, [torch.randn(8, 3, 10, 10)], progress=False)
+    assert table.score == "neg_rel_mse"
+    with torch.no_grad():
+        a = analyze(model, x, training=False)
+        ref = model(torch.randn(0, 3, 10, 10))  # shape only
+    assert ref.shape[1] == 4 and len(a.chains) == 1
+    merged = next(k for k in table.scores if k[1:3] == (0, 2))
+    assert table.scores[merged] < 0 and table.scores[(0, 0, 1, 1, 1)] == 0.0
+
+
+def test_callable_method_and_round_trips(tmp_path) -> None:
+    model, analysis, table = _setup()
+
+    def relus(gm: torch.fx.GraphModule) -> float:
+        return float(
+            sum(
+                n.target is torch.relu
+                or (n.op == "call_module" and isinstance(gm.get_submodule(n.target), torch.nn.ReLU))
+                for n in gm.graph.nodes
+            )
+        )
+
+    counted = measure_importance(model, X1, method=relus, analysis=analysis, progress=False)
+    for key, value in counted.scores.items():
+        others = sum(len(c.default_acts) for c in analysis.chains if c.index != key[0])
+        assert value == len(_new_acts(analysis, key)) + others, key
+    # paper CSV out and in; JSON out and in; I_ext CSV
+    write_raw_csv(table, tmp_path / "importance.csv")
+    back = ImportanceTable.read_csv(tmp_path / "importance.csv", score="neg_kl", norm="none")
+    assert back.scores == table.scores
+    assert (tmp_path / "importance.csv").read_text().startswith(",id,chain,st,end,st_act,")
+    table.write_json(tmp_path / "imp.json")
+    again = ImportanceTable.read_json(tmp_path / "imp.json")
+    assert again.scores == table.scores and again.norm == "none"
+    table.extended().write_csv(tmp_path / "ext.csv")
+    assert len((tmp_path / "ext.csv").read_text().splitlines()) == len(table.scores) + 1
+
+
+def test_measure_classmethod_and_solver(tmp_path) -> None:
+    model, analysis, table = _setup()
+    same = depthfx.solver.ImportanceTable.measure(
+        model, X1, [digits()[0][1400:1528]], analysis=analysis, score="kl", progress=False
+    )
+    assert same.scores == table.scores
+    assert not math.isnan(sum(table.extended().values.values()))
+
+
+def test_cli(tmp_path, monkeypatch, capsys) -> None:
+    import depthfx.cli
+    import depthfx.commands.table
+
+    monkeypatch.setattr(depthfx.commands.table, "KINDS", ("importance",))
+    monkeypatch.setattr(depthfx.cli, "COMMANDS", ("table",))
+    model = trained_tiny(steps=5)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "m.py").write_text(
+        "from importance_helpers import Tiny\n\ndef make():\n    return Tiny()\n"
+    )
+    x, y = digits()
+    torch.save({"x": x[:40], "y": y[:40]}, tmp_path / "calib.pt")
+    out = tmp_path / "imp.json"
+    argv = ["table", "importance", f"{tmp_path / 'm.py'}:make", "--weights", str(tmp_path / "w.pt"),
+            "--data", str(tmp_path / "calib.pt"), "-o", str(out), "--ext-csv",
+            str(tmp_path / "ext.csv")]  # fmt: skip
+    assert depthfx.cli.main(argv) == 0
+    table = ImportanceTable.read_json(out)
+    assert table.score == "val_acc" and table.meta["fingerprint"]["images"] == 40
+    assert len(table.scores) == len(entries_of(analyze(model, X1, training=False)))
+    assert "entries" in capsys.readouterr().out
+    bad = [
+        "table",
+        "importance",
+        f"{tmp_path / 'm.py'}:make",
+        "--data",
+        "nope-data",
+        "-o",
+        str(out),
+    ]
+    assert depthfx.cli.main(bad) == 2
+    assert "unknown dataset" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""depthfx.finetune: the paper's optimiser and schedule, KD mixing, checkpoint/resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import depthfx
+from depthfx.finetune import cosine_lr, evaluate
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16, torch.tensor(d.target)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(512, 10),
+    )  # fmt: skip
+
+
+def test_cosine_schedule_per_iteration() -> None:
+    assert cosine_lr(0.1, 0, 10) == 0.1
+    assert cosine_lr(0.1, 5, 10) == pytest.approx(0.05)
+    assert cosine_lr(0.1, 9, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_sgd_nesterov_settings_and_learning(monkeypatch) -> None:
+    seen = {}
+    real = torch.optim.SGD
+
+    def spy(params, **kw):
+        seen.update(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    x, y = _data()
+    model = _model()
+    before = evaluate(model, (x[1500:], y[1500:]))[1]
+    out = depthfx.finetune(model, (x[:1500], y[:1500]), epochs=2, lr=0.05, batch_size=64,
+                           progress=False)  # fmt: skip
+    assert out is model and not model.training
+    assert seen == {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5, "nesterov": True}
+    assert evaluate(model, (x[1500:], y[1500:]))[1] > max(before, 80.0)
+
+
+def test_kd_weight_zero_and_one() -> None:
+    x, y = _data()
+    teacher = _model(seed=1).eval()
+    plain = depthfx.finetune(_model(), (x[:256], y[:256]), steps=4, batch_size=64, progress=False)
+    zero = depthfx.finetune(_model(), (x[:256], y[:256]), steps=4, batch_size=64,
+                            distill_from=teacher, alpha_kd=0.0, progress=False)  # fmt: skip
+    for a, b in zip(plain.parameters(), zero.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    # alpha 1: labels are ignored, only the teacher's soft labels matter
+    one = depthfx.finetune(_model(), (x[:256], y[:256]), steps=4, batch_size=64,
+                           distill_from=teacher, alpha_kd=1.0, progress=False)  # fmt: skip
+    shuffled = depthfx.finetune(_model(), (x[:256], y[:256].flip(0)), steps=4, batch_size=64,
+                                distill_from=teacher, alpha_kd=1.0, progress=False)  # fmt: skip
+    for a, b in zip(one.parameters(), shuffled.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Interrupting(torch.utils.data.TensorDataset):
+    """Raises on the n-th item fetched, like a job killed mid-epoch."""
+
+    def __init__(self, x, y, after: int) -> None:
+        super().__init__(x, y)
+        self.left = after
+
+    def __getitem__(self, i):
+        self.left -= 1
+        if self.left < 0:
+            raise _Stop
+        return super().__getitem__(i)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path) -> None:
+    x, y = _data()
+    x, y = x[:320], y[:320]
+    ref = depthfx.finetune(_model(), (x, y), steps=6, batch_size=32, seed=5, progress=False)
+    ckpt = tmp_path / "ft.pt"
+    with pytest.raises(_Stop):
+        depthfx.finetune(_model(), _Interrupting(x, y, after=32 * 4 + 3), steps=6, batch_size=32,
+                         seed=5, checkpoint=ckpt, checkpoint_every=2, progress=False)  # fmt: skip
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+    resumed = depthfx.finetune(_model(), (x, y), steps=6, batch_size=32, seed=5, checkpoint=ckpt,
+                               checkpoint_every=2, progress=False)  # fmt: skip
+    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
