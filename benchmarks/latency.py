@@ -27,7 +27,7 @@ from depthfx.errors import InfeasibleBudget
 from depthfx.measure.latency import measure_latency_table
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
-from depthfx.plan import chain_plan
+from depthfx.plans import chain_plan
 from depthfx.report import latency_report
 from depthfx.solver import ImportanceTable, solve
 from depthfx.testing import plan_for

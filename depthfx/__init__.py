@@ -29,11 +29,18 @@ _LAZY = {
     "register_activation": "depthfx.patterns",
     "prepare": "depthfx.passes.prepare",
     "convert": "depthfx.passes.merge",
-    "Plan": "depthfx.plan",
+    "Plan": "depthfx.plans",
+    "plan": "depthfx.api",
+    "compile": "depthfx.api",
+    "LatencyTable": "depthfx.solver.tables",
+    "ImportanceTable": "depthfx.solver.tables",
+    "solve": "depthfx.solver.dp",
 }
 
 __all__ = [
     "Analysis",
+    "ImportanceTable",
+    "LatencyTable",
     "CaptureError",
     "DepthFXError",
     "FingerprintMismatch",
@@ -45,12 +52,15 @@ __all__ = [
     "analyze",
     "benchmark",
     "compare",
+    "compile",
     "convert",
     "export_onnx",
     "finetune",
+    "plan",
     "prepare",
     "register_activation",
     "register_leaf",
+    "solve",
 ]
 
 

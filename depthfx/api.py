@@ -1,7 +1,7 @@
 """The one-call API: plan a compression under a latency budget, and compile a model with it.
 
 ``plan`` measures what is missing (latency table on the chosen backend, proxy importance table),
-solves the two-stage DP and returns a :class:`~depthfx.plan.Plan`. ``compile`` is plan → prepare
+solves the two-stage DP and returns a :class:`~depthfx.plans.Plan`. ``compile`` is plan → prepare
 → convert without fine-tuning: exact with respect to the prepared network, but the prepared
 network has fewer activations than the original, so its accuracy needs fine-tuning (the staged
 API: ``plan`` → ``prepare`` → your training or ``depthfx.finetune`` → ``convert``).
@@ -18,8 +18,8 @@ import torch
 from torch import fx, nn
 
 from depthfx.analysis import Analysis, analyze
-from depthfx.errors import DepthFXError
-from depthfx.plan import Plan, chain_plan
+from depthfx.errors import DepthFXError, InfeasibleBudget
+from depthfx.plans import Plan, chain_plan
 from depthfx.solver import ImportanceTable, LatencyTable, solve
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
@@ -53,30 +53,36 @@ def plan(
     gives the chain budget about 2000 integer units.
     """
     inputs = _as_tuple(example_inputs)
-    analysis = analyze(model, inputs, strided=strided, exclude=exclude)
+    analysis = analyze(model, inputs, strided=strided, exclude=exclude, training=False)
     if latency is None:
         latency = LatencyTable.measure(
-            model, inputs, backend=backend, strided=strided, exclude=exclude,
-            **(latency_options or {}),
-        )  # fmt: skip
+            model, inputs, backend=backend, analysis=analysis, **(latency_options or {})
+        )
     if importance is None:
         importance = ImportanceTable.measure(
-            model, inputs, data=data, strided=strided, exclude=exclude,
-            **(importance_options or {}),
-        )  # fmt: skip
+            model, inputs, data, analysis=analysis, **(importance_options or {})
+        )
     total_ms, fixed_ms = _latency_budget_parts(latency)
     if budget_ms is None:
         if budget is None or budget <= 0:
             raise DepthFXError(f"budget must be a positive fraction of the latency, got {budget}")
         budget_ms = budget * total_ms
     chain_budget = budget_ms - fixed_ms
-    if chain_budget <= 0:
-        raise DepthFXError(
-            f"budget {budget_ms:.4g} ms leaves nothing for the chains: the part of the model "
-            f"outside them alone takes {fixed_ms:.4g} ms"
-        )
-    prec = prec if prec is not None else BUDGET_UNITS / chain_budget
-    solution = solve(latency, importance, budget=chain_budget, prec=prec)
+    if prec is None:  # about BUDGET_UNITS integer units for the chain budget (or the chains)
+        prec = BUDGET_UNITS / (chain_budget if chain_budget > 0 else total_ms - fixed_ms)
+    try:
+        solution = solve(latency, importance, budget=chain_budget, prec=prec)
+    except InfeasibleBudget as err:
+        fastest = fixed_ms + err.minimum
+        raise InfeasibleBudget(
+            budget_ms,
+            fastest,
+            detail=(
+                f" ({fixed_ms:.4g} ms outside the chains + {err.minimum:.4g} ms in them), that "
+                f"is a budget of at least {fastest / total_ms:.3f} of the original's "
+                f"{total_ms:.4g} ms"
+            ),
+        ) from None
     chains = tuple(
         chain_plan(
             [c.node for c in chain.convs],
@@ -175,14 +181,29 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
 
 
 def _latency_budget_parts(latency: LatencyTable) -> tuple[float, float]:
-    """(end-to-end ms of the original model, ms spent outside the chains) from the table."""
+    """(end-to-end ms of the original model, ms spent outside the chains) from the table.
+
+    A negative outside part means the blocks timed alone cost more than the whole model
+    (tiny models, where per-call costs dominate): it is taken as 0, with a warning, so that
+    predictions err on the slow side instead of promising the impossible.
+    """
     try:
-        return float(latency.meta["end_to_end_ms"]), float(latency.meta["fixed_ms"])
+        total, fixed = float(latency.meta["end_to_end_ms"]), float(latency.meta["fixed_ms"])
     except KeyError as err:
         raise DepthFXError(
             f"the latency table has no {err.args[0]!r}: measure it with LatencyTable.measure, or "
             "give budget_ms for the chains of a table read from the paper's CSV format"
         ) from None
+    if fixed < 0:
+        warnings.warn(
+            f"the blocks timed alone sum to {total - fixed:.4g} ms, more than the whole model "
+            f"({total:.4g} ms): per-call costs dominate at this size, so predicted latencies "
+            "will be pessimistic",
+            UserWarning,
+            stacklevel=3,
+        )
+        fixed = 0.0
+    return total, fixed
 
 
 def _warn_finetuning() -> None:

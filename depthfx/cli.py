@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from depthfx.errors import DepthFXError
 
 #: Subcommands in the order ``depthfx --help`` lists them.
-COMMANDS: tuple[str, ...] = ("solve", "inspect", "bench")
+COMMANDS: tuple[str, ...] = ("compile", "inspect", "table", "solve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

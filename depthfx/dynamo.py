@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_leaves
 
 from depthfx.algebra import AffineConv, check_close, compose, fold_bn_tensors, from_tensors
 from depthfx.errors import DepthFXError
-from depthfx.plan import Plan, PlanError
+from depthfx.plans import Plan, PlanError
 
 logger = logging.getLogger(__name__)
 

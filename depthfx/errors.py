@@ -10,13 +10,13 @@ class DepthFXError(Exception):
 class InfeasibleBudget(DepthFXError, ValueError):
     """No configuration fits the latency budget; carries the minimum feasible budget."""
 
-    def __init__(self, budget: float, minimum: float, unit: str = "ms") -> None:
+    def __init__(self, budget: float, minimum: float, unit: str = "ms", detail: str = "") -> None:
         self.budget = budget
         self.minimum = minimum
         self.unit = unit
         super().__init__(
             f"budget {budget:g} {unit} is infeasible: the fastest configuration the tables "
-            f"allow needs at least {minimum!r} {unit}"
+            f"allow needs at least {minimum!r} {unit}{detail}"
         )
 
 

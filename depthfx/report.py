@@ -19,7 +19,7 @@ from torch import nn
 
 from depthfx.benchmark import compare
 from depthfx.measure.latency import check_table, predict_ms
-from depthfx.plan import Plan
+from depthfx.plans import Plan
 from depthfx.solver.tables import LatencyTable
 
 

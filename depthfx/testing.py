@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from depthfx.analysis import Analysis, Chain, analyze
-from depthfx.plan import ChainPlan, Plan, chain_plan
+from depthfx.plans import ChainPlan, Plan, chain_plan
 
 
 def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) -> ChainPlan:

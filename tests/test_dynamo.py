@@ -15,7 +15,7 @@ from depthfx.dynamo import GraphBreakWarning
 from depthfx.errors import DepthFXError
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
-from depthfx.plan import chain_plan
+from depthfx.plans import chain_plan
 from depthfx.testing import plan_for, random_plan
 
 # Same tolerance as convert's own check (depthfx.algebra.check): float32 round-off of the merged

@@ -52,9 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable)")
     p.add_argument(
         "--data",
-        help="calibration data for the importance proxy (see `depthfx table importance -h`); "
-        "without it random inputs are used, with a warning",
+        help="calibration data for the importance proxy: digits, fashion-mnist[:N], an image "
+        "folder, a .pt/.npz file (see `depthfx table importance -h`); without it random "
+        "inputs are used, with a warning",
     )
+    p.add_argument("--images", type=int, help="calibration images for the proxy (default 256)")
+    p.add_argument("--cache", type=Path, help="cache folder for the latency table (resumable)")
     p.add_argument("--latency", type=Path, help="reuse a latency table (JSON) instead of measuring")
     p.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")
     p.add_argument("--strided", choices=("general", "paper"), default="general")
@@ -74,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "backend": args.backend,
         "strided": args.strided,
-        "latency_options": {"device": args.device, "threads": args.threads},
+        "latency_options": {
+            "device": args.device,
+            "threads": args.threads,
+            "cache_dir": args.cache,
+        },
+        "importance_options": {"images": args.images},
     }
     if args.budget_ms is not None:
         options["budget_ms"] = args.budget_ms
@@ -83,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if args.importance is not None:
         options["importance"] = ImportanceTable.read_json(args.importance)
     if args.data is not None:
-        from depthfx.data import load_data
+        from depthfx.data import load_dataset
 
-        options["data"] = load_data(args.data)
+        options["data"] = load_dataset(args.data, input_shape=tuple(example.shape[1:]))
     merged = compile_model(model, args.budget, (example,), **options)
     report = merged.depthfx_report
     plan = merged.depthfx_plan

@@ -46,7 +46,7 @@ from depthfx.analysis import Analysis, Chain, analyze
 from depthfx.errors import DepthFXError, TableError
 from depthfx.io import atomic_write
 from depthfx.passes.prepare import _prepare_chain, prepare
-from depthfx.plan import Plan, chain_plan
+from depthfx.plans import Plan, chain_plan
 from depthfx.solver.tables import ExtKey, ImportanceTable, Norm, _csv_text
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,12 @@ optimised by the same backend (``end_to_end_ms``) and the part outside the chain
     predicted(plan) = fixed_ms + Σ_chains Σ_{merge groups (i, j)} T(i, j)
     fixed_ms        = end_to_end_ms − Σ_chains Σ_p T(p − 1, p)
 
+Every entry is net of the backend's per-call overhead (``call_overhead_ms``: the median time
+of a trivial one-op model on the same backend and setting). Timed alone, each block pays that
+overhead once; inside the model it is paid once per inference, so it belongs to ``fixed_ms``.
+Without the correction small blocks are over-charged, and for small inputs the blocks alone
+sum to more than the whole model (a negative ``fixed_ms``).
+
 Cost control (MobileNetV2 in general-stride mode has 578 valid blocks, 198 of them with merged
 dense kernels over 16 M weights):
 
@@ -31,6 +37,7 @@ dense kernels over 16 M weights):
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -52,7 +59,7 @@ from depthfx.measure.cache import TimingCache
 
 if TYPE_CHECKING:
     from depthfx.analysis import Analysis
-    from depthfx.plan import Plan
+    from depthfx.plans import Plan
     from depthfx.solver.tables import LatencyTable
 
 Key = tuple[int, int, int]
@@ -337,6 +344,7 @@ def measure_latency_table(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
+    overhead = _call_overhead(be, n, protocol, cache)
     times: dict[Key, tuple[float, float]] = {}
     blocks_meta: dict[str, Any] = {}
     for blk, spec in work.specs.items():
@@ -345,7 +353,8 @@ def measure_latency_table(
             times[blk] = (bounded[key], 0.0)
         else:
             t = timings[key]
-            times[blk] = (t.median_ms, statistics.pstdev(t.samples_ms))
+            net = max(t.median_ms - overhead, MIN_NET_FRACTION * t.median_ms)
+            times[blk] = (net, statistics.pstdev(t.samples_ms))
         blocks_meta[",".join(map(str, blk))] = {
             "activation": spec.activation[0] if spec.activation else None,
             "residual": None
@@ -374,6 +383,7 @@ def measure_latency_table(
         "protocol": asdict(protocol),
         "stdev": "population std of the per-block (per-call) times; iqr_ms in meta.blocks",
         "original_chain_ms": original,
+        "call_overhead_ms": overhead,
         "prediction": "fixed_ms + sum over chains of T(i, j) over the plan's merge groups",
         "blocks": blocks_meta,
         "bounded": sorted(",".join(map(str, b)) for k in bounded for b in work.members[k]),
@@ -395,6 +405,29 @@ def measure_latency_table(
         )
     meta["build_s"] = time.perf_counter() - t_start
     return LatencyTable.from_entries(times, meta=meta)
+
+
+#: A block's net time never drops below this fraction of its measured time.
+MIN_NET_FRACTION = 0.05
+
+
+def _call_overhead(
+    backend: Backend, batch: int, protocol: TimingProtocol, cache: TimingCache | None
+) -> float:
+    """Median time (ms) of one call of a trivial model (a ReLU on a 1×1×1×1 tensor per batch
+    element): what every timed block pays once for being run on its own. Cached like a block,
+    so a resumed build gives the same net times."""
+    key = json.dumps({"call_overhead": batch})
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return hit[0].median_ms
+    runnable = backend.prepare(nn.ReLU(), (torch.zeros(batch, 1, 1, 1),))
+    timing = measure(
+        runnable, warmup_s=protocol.warmup_s, blocks=protocol.blocks, block_s=protocol.block_s
+    )
+    if cache is not None:
+        cache.put(key, timing)
+    return timing.median_ms
 
 
 def _singles(key: str, work: _Work, timings: Mapping[str, Timing]) -> float | None:

@@ -44,7 +44,7 @@ from depthfx.algebra import (
 )
 from depthfx.errors import MergeMismatch
 from depthfx.passes.prepare import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
-from depthfx.plan import Plan, PlanError
+from depthfx.plans import Plan, PlanError
 
 logger = logging.getLogger(__name__)
 

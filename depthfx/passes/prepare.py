@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from depthfx.algebra import group_padding
 from depthfx.analysis import Analysis, Chain, ConvInfo, analyze
-from depthfx.plan import ChainPlan, Plan, PlanError
+from depthfx.plans import ChainPlan, Plan, PlanError
 
 logger = logging.getLogger(__name__)
 

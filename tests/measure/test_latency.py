@@ -18,7 +18,7 @@ from depthfx.backends.base import get_backend
 from depthfx.errors import FingerprintMismatch, TableError
 from depthfx.measure.block_shapes import block_spec
 from depthfx.measure.cache import TimingCache
-from depthfx.plan import Plan
+from depthfx.plans import Plan
 from depthfx.solver import LatencyTable
 
 
@@ -112,7 +112,7 @@ def test_plan_groups_match_prepare_convert(net: nn.Module, x: torch.Tensor) -> N
     """The convs convert() emits for a plan have the shapes of the plan's table entries."""
     from depthfx.passes.merge import convert
     from depthfx.passes.prepare import prepare
-    from depthfx.plan import chain_plan
+    from depthfx.plans import chain_plan
     from depthfx.testing import plan_for
 
     analysis = analyze(net, (x,))

@@ -11,7 +11,7 @@ from depthfx.errors import MergeMismatch
 from depthfx.models import load_model
 from depthfx.passes.merge import convert, count_convs
 from depthfx.passes.prepare import PREPARED_ATTR, crop_like, prepare, shift
-from depthfx.plan import PlanError
+from depthfx.plans import PlanError
 from depthfx.testing import (
     TinyResidual,
     merge_everything_plan,

@@ -13,7 +13,7 @@ from depthfx.analysis import analyze
 from depthfx.models import load_model
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
-from depthfx.plan import PlanError, chain_plan
+from depthfx.plans import PlanError, chain_plan
 from depthfx.testing import (
     TinyResidual,
     plan_for,

@@ -1,0 +1,81 @@
+"""``depthfx compile``: output files and the numbers in them, and clean errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import depthfx
+from depthfx.cli import main
+from depthfx.commands.compile import REPORT_KEYS
+from depthfx.models import load_model
+from depthfx.plans import Plan
+
+MODELS = Path(__file__).parent / "toy_models.py"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, plan_path, report_path = tmp_path / "m.onnx", tmp_path / "p.json", tmp_path / "r.json"
+    args = [
+        "compile", f"{MODELS}:tiny_mobilenet", "--input-shape", "1,3,32,32", "--budget", "0.9",
+        "--images", "8", "-o", str(out), "--plan-out", str(plan_path), "--report", str(report_path),
+        "--cache", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    with pytest.warns(UserWarning):
+        assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["baseline_ms"] > 0 and report["measured_ms"] > 0 and report["speedup"] > 0
+    assert report["convs_after"] <= report["convs_before"] == 10
+    assert 0 <= report["max_abs_error"] < 1e-4
+    assert report["predicted_ms"] <= report["budget_ms"] * 1.05  # floor discretisation slack
+    assert f"{report['speedup']:.2f}×" in printed and "convs" in printed
+
+    plan = Plan.load(plan_path)
+    assert len(plan.chains) == 1 and plan.chains[0].num_convs == 10
+    assert report["convs_after"] == len(plan.chains[0].merge_pos)
+
+    # The ONNX file reproduces the merged model the plan describes (ORT CPU vs torch, 1e-4).
+    x = torch.randn(2, 3, 32, 32)
+    model = load_model(f"{MODELS}:tiny_mobilenet")
+    merged = depthfx.convert(depthfx.prepare(model, plan), plan)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got, merged(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_infeasible_budget_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = [
+        "compile", f"{MODELS}:tiny_mobilenet", "--input-shape", "1,3,32,32", "--budget", "0.01",
+        "--images", "4", "--cache", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    with pytest.warns(UserWarning):
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    error = err.splitlines()[-1]  # warnings (e.g. proxy on random data) may come before it
+    assert error.startswith("depthfx: error: budget") and "infeasible" in error
+    assert "at least" in error and "of the original" in error
+
+
+def test_untraceable_model_is_one_line_exit_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["compile", f"{MODELS}:untraceable", "--input-shape", "1,3,16,16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("depthfx: error:") and "DataDependent" in err  # names the module
