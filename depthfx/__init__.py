@@ -39,12 +39,12 @@ _LAZY = {
 
 __all__ = [
     "Analysis",
-    "ImportanceTable",
-    "LatencyTable",
     "CaptureError",
     "DepthFXError",
     "FingerprintMismatch",
+    "ImportanceTable",
     "InfeasibleBudget",
+    "LatencyTable",
     "MergeMismatch",
     "Plan",
     "TableError",
