@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from depthfx.errors import DepthFXError
+from depthfx.io import atomic_path
 
 if TYPE_CHECKING:
     import onnx
@@ -189,11 +189,7 @@ def export_onnx(
     path = Path(path)
     inputs = _as_tuple(example_inputs)
     proto = to_onnx_model(module, inputs, dynamic_batch=dynamic_batch, opset=opset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save_model(proto, tmp)
         if check:
             try:
@@ -203,7 +199,4 @@ def export_onnx(
             verify_onnx(tmp, module, inputs, rtol=rtol, atol=atol)
             if dynamic_batch:
                 verify_onnx(tmp, module, _other_batch(inputs), rtol=rtol, atol=atol)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -11,13 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depthfx.errors import DepthFXError
+from depthfx.io import write_json
 
 
 class PlanError(DepthFXError, ValueError):
@@ -110,14 +110,7 @@ class Plan:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan as JSON atomically (never a half-written file)."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_json())
         return path
 
     @classmethod

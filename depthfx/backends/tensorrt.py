@@ -28,6 +28,7 @@ import torch
 from depthfx.backends.base import Runnable, collect_fingerprint, register_backend
 from depthfx.backends.timing import CudaEventClock
 from depthfx.errors import DepthFXError
+from depthfx.io import atomic_write
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -200,9 +201,9 @@ class TensorRTBackend:
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise DepthFXError("TensorRT failed to build an engine (see the TensorRT log above)")
-        _atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
         data = bytes(plan)
-        _atomic_write(engine_path, data)
+        atomic_write(engine_path, data)
         return data
 
     def _input_shapes(
@@ -311,9 +312,3 @@ class _EngineRun:
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=trt.nptype(dtype))).dtype
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

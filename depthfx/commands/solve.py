@@ -106,8 +106,8 @@ def _fmt_pos(pos: list[int]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Compute every solution first, then print and write the outputs."""
     from depthfx.errors import DepthFXError
+    from depthfx.io import atomic_write
     from depthfx.solver import ImportanceTable, LatencyTable, solve
-    from depthfx.solver.tables import atomic_write
 
     for out in (args.json, args.opt_time_out, args.ext_out):
         if out and not Path(out).resolve().parent.is_dir():

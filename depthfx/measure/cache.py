@@ -21,7 +21,7 @@ from typing import Any
 from depthfx.backends.base import Fingerprint
 from depthfx.backends.timing import Timing
 from depthfx.errors import TableError
-from depthfx.solver.tables import atomic_write
+from depthfx.io import atomic_write
 
 
 def _digest(text: str) -> str:

@@ -19,7 +19,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from depthfx.errors import TableError
+from depthfx.io import atomic_write
 from depthfx.solver.dp import extend_importance, optimal_times
 
 Key = tuple[int, int, int]
@@ -40,19 +40,6 @@ _JSON_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- I/O helpers
-
-
-def atomic_write(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:

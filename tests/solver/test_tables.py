@@ -246,14 +246,21 @@ def test_infeasible_budget_names_minimum(data_dir: Path) -> None:
         solve(lat, imp, minimum - 1e-9, prec=20)
 
 
-def test_writers_leave_no_partial_file(tmp_path: Path, data_dir: Path) -> None:
+def test_writers_leave_no_partial_file(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     opt = LatencyTable.read_csv(_paper(data_dir, "vgg19_no_trt", "time")).optimal()
-    target = tmp_path / "missing_dir" / "opt.csv"
-    with pytest.raises(OSError):
+    target = tmp_path / "new_dir" / "opt.csv"
+
+    def interrupted(src: str, dst: str) -> None:
+        raise KeyboardInterrupt  # killed between writing the temp file and renaming it
+
+    monkeypatch.setattr("depthfx.io.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
         opt.write_csv(target)
-    assert not target.exists()
-    good = tmp_path / "opt.csv"
-    opt.write_csv(good)
+    assert list(target.parent.iterdir()) == []  # neither the target nor a temp file
+    monkeypatch.undo()
+    opt.write_csv(target)
     opt.write_json(tmp_path / "opt.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.csv", "opt.json"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["opt.csv"]
     json.loads((tmp_path / "opt.json").read_text())
