@@ -12,13 +12,14 @@ add when p is a residual target, and after its activation slot; position 0 is th
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import fx, nn
 
+from depthfx.plans import close_residuals
 from depthfx.solver.blocks import Block, ExtendedBlock, extended_blocks, valid_blocks
 
 Pair = tuple[int, int]
@@ -165,6 +166,10 @@ class Chain:
     def conv(self, p: int) -> ConvInfo:
         """Conv p (1-based), the conv whose output is position p."""
         return self.convs[p - 1]
+
+    def close_residuals(self, merge: Iterable[int]) -> set[int]:
+        """``merge`` plus both ends of every residual body it cuts (spec §5.1 skip bumps)."""
+        return close_residuals(merge, [(r.src, r.dst) for r in self.residuals])
 
     def valid_blocks(self) -> list[Block]:
         return valid_blocks(self.num_convs, self.breaks, [(r.src, r.dst) for r in self.residuals])

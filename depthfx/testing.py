@@ -27,7 +27,7 @@ def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) 
         act.add(length)
     merge = act | set(chain.breaks) | {length}
     merge |= {p for p in range(1, length) if rng.random() < keep_prob / 2}
-    return chain_plan([c.node for c in chain.convs], act, _close_residuals(chain, merge))
+    return chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge))
 
 
 def random_plan(analysis: Analysis, seed: int, keep_prob: float = 0.5) -> Plan:
@@ -43,9 +43,7 @@ def merge_everything_plan(analysis: Analysis) -> Plan:
         length = chain.num_convs
         act = {length} if length in chain.activations else set()
         merge = set(chain.breaks) | act | {length}
-        chains.append(
-            chain_plan([c.node for c in chain.convs], act, _close_residuals(chain, merge))
-        )
+        chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return plan_for(analysis, chains)
 
 
@@ -55,22 +53,8 @@ def original_plan(analysis: Analysis) -> Plan:
     for chain in analysis.chains:
         act = set(chain.activations)
         merge = act | set(chain.breaks) | {chain.num_convs}
-        chains.append(
-            chain_plan([c.node for c in chain.convs], act, _close_residuals(chain, merge))
-        )
+        chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return plan_for(analysis, chains)
-
-
-def _close_residuals(chain: Chain, merge: set[int]) -> set[int]:
-    merge = set(merge) - {0}
-    changed = True
-    while changed:
-        changed = False
-        for r in chain.residuals:
-            if any(r.src < p < r.dst for p in merge) and not {r.src, r.dst} <= merge | {0}:
-                merge |= {r.src, r.dst} - {0}
-                changed = True
-    return merge
 
 
 def plan_for(analysis: Analysis, chains: list[ChainPlan]) -> Plan:

@@ -74,19 +74,6 @@ def entries_of(analysis: Analysis, exclude_zeros: bool = True) -> list[ExtKey]:
     ]
 
 
-def _close_residuals(chain: Chain, merge: set[int]) -> set[int]:
-    """Add both ends of every residual body cut inside (spec §5.1 skip bumps)."""
-    merge = set(merge) - {0}
-    changed = True
-    while changed:
-        changed = False
-        for r in chain.residuals:
-            if any(r.src < p < r.dst for p in merge) and not {r.src, r.dst} <= merge | {0}:
-                merge |= {r.src, r.dst} - {0}
-                changed = True
-    return merge
-
-
 def entry_plan(analysis: Analysis, key: ExtKey | None) -> Plan:
     """The plan of one entry's network (``key=None``: the base network, original pattern)."""
     chains = []
@@ -99,9 +86,7 @@ def entry_plan(analysis: Analysis, key: ExtKey | None) -> Plan:
             act |= ({st} if st_act else set()) | ({end} if end_act else set())
             act.discard(0)
             merge = act | set(chain.breaks) | {chain.num_convs}
-        chains.append(
-            chain_plan([c.node for c in chain.convs], act, _close_residuals(chain, merge))
-        )
+        chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return Plan(
         chains=tuple(chains),
         input_shapes=tuple(tuple(s) for s in analysis.example_shapes),
