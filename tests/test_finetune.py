@@ -14,12 +14,7 @@ from depthfx.finetune import cosine_lr, evaluate
 pytest.importorskip("sklearn")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data():

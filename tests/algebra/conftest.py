@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -36,10 +36,6 @@ def moved_reference() -> MovedReference:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
+def _seeded(one_torch_thread: None) -> None:
     """Seeded; single-threaded, because these tensors are tiny and threads only contend."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -19,12 +19,7 @@ from depthfx.plans import Plan
 MODELS = Path(__file__).parent / "toy_models.py"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -18,14 +18,7 @@ from depthfx.measure.importance import entries_of, measure_importance
 X1 = torch.zeros(1, 1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine OpenMP spin-waiting with 2 threads is
-    many times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model() -> nn.Module:

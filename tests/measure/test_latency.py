@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from latency_helpers import FAST, small_net
+from latency_helpers import FAST
 from torch import nn
 
 import depthfx.measure.latency as latency
@@ -20,21 +20,6 @@ from depthfx.measure.block_shapes import block_spec
 from depthfx.measure.cache import TimingCache
 from depthfx.plans import Plan
 from depthfx.solver import LatencyTable
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return small_net()
-
-
-@pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def table(net: nn.Module, x: torch.Tensor) -> LatencyTable:
-    return LatencyTable.measure(net, (x,), backend="onnxruntime", threads=1, protocol=FAST)
 
 
 def test_one_entry_per_valid_block(net: nn.Module, x: torch.Tensor, table: LatencyTable) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from latency_helpers import FAST, SmallNet, small_net
+from latency_helpers import SmallNet
 from torch import nn
 
 import depthfx.cli
@@ -22,21 +22,6 @@ from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report
 from depthfx.solver import LatencyTable
 from depthfx.testing import random_plan
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return small_net()
-
-
-@pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def table(net: nn.Module, x: torch.Tensor) -> LatencyTable:
-    return LatencyTable.measure(net, (x,), backend="onnxruntime", threads=1, protocol=FAST)
 
 
 @pytest.fixture

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from latency_helpers import FAST, small_net
+from latency_helpers import FAST
 from torch import nn
 
 from depthfx.measure.latency import measure_latency_table
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return small_net()
-
-
-@pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.gpu
