@@ -31,9 +31,10 @@ def parse_shape(text: str | None, batch: int | None = None) -> tuple[int, ...]:
         shape = tuple(int(v) for v in (text or DEFAULT_INPUT_SHAPE).split(","))
     except ValueError:
         shape = ()
-    if not shape or any(v <= 0 for v in shape):
+    if len(shape) < 2 or any(v <= 0 for v in shape):
         raise DepthFXError(
-            f"bad --input-shape {text!r}: expected positive integers like {DEFAULT_INPUT_SHAPE}"
+            f"bad --input-shape {text!r}: expected positive integers N,C,… like "
+            f"{DEFAULT_INPUT_SHAPE}"
         )
     return (batch, *shape[1:]) if batch else shape
 

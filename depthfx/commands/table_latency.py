@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from depthfx.commands._common import parse_shape
 from depthfx.errors import DepthFXError
 
 
@@ -39,16 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _shape(text: str, batch: int) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise DepthFXError(f"--input-shape must be comma-separated ints, got {text!r}") from None
-    if len(shape) < 2:
-        raise DepthFXError(f"--input-shape needs at least N,C; got {text!r}")
-    return (batch, *shape[1:])
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -58,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".json":
         raise DepthFXError(f"-o must be a .json file (it keeps the fingerprint): {args.output}")
     model = load_model(args.model)
-    example = (torch.randn(_shape(args.input_shape, args.batch)),)
+    example = (torch.randn(parse_shape(args.input_shape, args.batch)),)
     options = {"precision": args.precision} if args.backend == "tensorrt" else {}
     # Never overwrite a table of another setting by accident: checked before timing anything.
     previous = load_table(args.output).meta.get("fingerprint") if args.output.exists() else None

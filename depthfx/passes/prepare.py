@@ -354,12 +354,7 @@ def _split_norm_act(
     setattr(norm, attr, nn.Identity())
     if not keep:
         return node
-    act_name = f"{act_module.replace('.', '_')}"
-    gm.add_submodule(act_name, act)
-    with gm.graph.inserting_after(node):
-        act_node = gm.graph.call_module(act_name, (node,))
-    node.replace_all_uses_with(act_node, delete_user_cb=lambda user: user is not act_node)
-    return act_node
+    return _call_after(gm, node, act_module.replace(".", "_"), act)
 
 
 def _insert_activation(
@@ -371,13 +366,17 @@ def _insert_activation(
         raise PlanError(
             f"the plan activates position {position} of a chain that has no activation to copy"
         )
-    module = template.make()
-    name = f"depthfx_act_{index}_{position}"
+    return _call_after(gm, node, f"depthfx_act_{index}_{position}", template.make())
+
+
+def _call_after(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Module) -> fx.Node:
+    """Register ``module`` as ``name`` and call it on ``node``; every other user of ``node``
+    now reads the call's result instead."""
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(node):
-        act = gm.graph.call_module(name, (node,))
-    node.replace_all_uses_with(act, delete_user_cb=lambda user: user is not act)
-    return act
+        call = gm.graph.call_module(name, (node,))
+    node.replace_all_uses_with(call, delete_user_cb=lambda user: user is not call)
+    return call
 
 
 __all__ = ["GroupRecord", "PreparedInfo", "crop_like", "group_padding", "prepare", "shift"]
