@@ -8,6 +8,8 @@
    A high correlation means the proxy is good enough to rank blocks for that model.
 
 Usage: .venv/bin/python benchmarks/importance.py [--threads 2] [--every 1] [--skip-mbv2]
+       [--skip-finetune]
+       [--estimate fisher|exact]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def mbv2_proxy(threads: int, every: int, images: int) -> None:
+def mbv2_proxy(threads: int, every: int, images: int, estimate: str) -> None:
     import torchvision
 
     model = torchvision.models.mobilenet_v2(weights=None).eval()
@@ -45,11 +47,12 @@ def mbv2_proxy(threads: int, every: int, images: int) -> None:
     n = len(entries_of(analysis))
     t0 = time.perf_counter()
     measure_importance(model, x, calib, analysis=analysis, images=images, score="kl",
-                       threads=threads, shard=(0, every))  # fmt: skip
+                       estimate=estimate, threads=threads, shard=(0, every))  # fmt: skip
     dt = time.perf_counter() - t0
     done = len(range(0, n, every))
     print(
-        f"| MobileNetV2 224x224, {images} {kind} images, {threads} threads | {n} entries | "
+        f"| MobileNetV2 224x224, {images} {kind} images, {threads} threads, {estimate} | "
+        f"{n} entries | "
         f"{done} measured in {dt:.0f} s | est. full table {dt * n / done / 60:.1f} min |"
     )
 
@@ -81,19 +84,26 @@ def proxy_vs_finetune(threads: int, train_n: int, steps: int) -> None:
     depthfx.finetune(model, train, epochs=2, lr=0.05, batch_size=128, progress=False)
     x = torch.zeros(1, 1, 28, 28)
     calib = [(val.tensors[0][:256], val.tensors[1][:256])]
-    t0 = time.perf_counter()
-    proxy = measure_importance(model, x, calib, score="kl", threads=threads, progress=False)
-    t_proxy = time.perf_counter() - t0
+    proxies, times = {}, {}
+    for estimate in ("fisher", "exact"):
+        t0 = time.perf_counter()
+        proxies[estimate] = measure_importance(
+            model, x, calib, score="kl", estimate=estimate, threads=threads, progress=False
+        )
+        times[estimate] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ft = measure_importance(model, x, method="finetune", train_data=train, val_data=val,
                             steps=steps, batch_size=128, lr=0.05, threads=threads)  # fmt: skip
     t_ft = time.perf_counter() - t0
-    keys = list(proxy.scores)
-    rho = _spearman([proxy.scores[k] for k in keys], [ft.scores[k] for k in keys])
+    keys = list(ft.scores)
+    ranked = {name: [t.scores[k] for k in keys] for name, t in (*proxies.items(), ("ft", ft))}
     print(
         f"| small CNN, Fashion-MNIST ({train_n} train, {steps}-step finetune) | "
-        f"{len(keys)} entries | proxy {t_proxy:.0f} s, finetune {t_ft:.0f} s | "
-        f"Spearman rho(proxy, finetune) = {rho:.3f} |"
+        f"{len(keys)} entries | fisher {times['fisher']:.1f} s, exact {times['exact']:.1f} s, "
+        f"finetune {t_ft:.0f} s | Spearman rho: fisher~exact "
+        f"{_spearman(ranked['fisher'], ranked['exact']):.3f}, fisher~finetune "
+        f"{_spearman(ranked['fisher'], ranked['ft']):.3f}, exact~finetune "
+        f"{_spearman(ranked['exact'], ranked['ft']):.3f} |"
     )
 
 
@@ -105,10 +115,13 @@ def main() -> None:
     p.add_argument("--train", type=int, default=10000)
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--skip-mbv2", action="store_true")
+    p.add_argument("--skip-finetune", action="store_true")
+    p.add_argument("--estimate", choices=("fisher", "exact"), default="fisher")
     args = p.parse_args()
     if not args.skip_mbv2:
-        mbv2_proxy(args.threads, args.every, args.images)
-    proxy_vs_finetune(args.threads, args.train, args.steps)
+        mbv2_proxy(args.threads, args.every, args.images, args.estimate)
+    if not args.skip_finetune:
+        proxy_vs_finetune(args.threads, args.train, args.steps)
 
 
 if __name__ == "__main__":

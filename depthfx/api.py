@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from depthfx.analysis import Analysis, analyze
-from depthfx.errors import DepthFXError, InfeasibleBudget
-from depthfx.plans import Plan, chain_plan
+from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
+from depthfx.measure.latency import LatencyModel, latency_model
+from depthfx.plans import Plan, solution_chains
 from depthfx.solver import ImportanceTable, LatencyTable, solve
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
@@ -62,42 +63,43 @@ def plan(
         importance = ImportanceTable.measure(
             model, inputs, data, analysis=analysis, **(importance_options or {})
         )
-    total_ms, fixed_ms = _latency_budget_parts(latency)
+    model_ms = _latency_budget_parts(latency)
+    total_ms = model_ms.end_to_end_ms
     if budget_ms is None:
         if budget is None or budget <= 0:
             raise DepthFXError(f"budget must be a positive fraction of the latency, got {budget}")
         budget_ms = budget * total_ms
-    chain_budget = budget_ms - fixed_ms
+    # The DP runs on the raw table entries; the (calibrated) model maps ms to table units.
+    chain_budget = model_ms.chain_budget(budget_ms)
     if prec is None:  # about BUDGET_UNITS integer units for the chain budget (or the chains)
-        prec = BUDGET_UNITS / (chain_budget if chain_budget > 0 else total_ms - fixed_ms)
+        span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
+        prec = BUDGET_UNITS / span
     try:
         solution = solve(latency, importance, budget=chain_budget, prec=prec)
     except InfeasibleBudget as err:
-        fastest = fixed_ms + err.minimum
+        fastest = model_ms.predict(err.minimum)
+        how = (
+            f"{model_ms.fixed_ms:.4g} ms + {model_ms.scale:.4g} × {err.minimum:.4g} ms of "
+            "table time in the chains (calibrated)"
+            if model_ms.calibrated
+            else f"{model_ms.fixed_ms:.4g} ms outside the chains + {err.minimum:.4g} ms in them"
+        )
         raise InfeasibleBudget(
             budget_ms,
             fastest,
             detail=(
-                f" ({fixed_ms:.4g} ms outside the chains + {err.minimum:.4g} ms in them), that "
-                f"is a budget of at least {fastest / total_ms:.3f} of the original's "
-                f"{total_ms:.4g} ms"
+                f" ({how}), that is a budget of at least {fastest / total_ms:.3f} of the "
+                f"original's {total_ms:.4g} ms"
             ),
         ) from None
-    chains = tuple(
-        chain_plan(
-            [c.node for c in chain.convs],
-            solution.chains[chain.index].act_pos,
-            solution.chains[chain.index].merge_pos,
-        )
-        for chain in analysis.chains
-    )
+    chains = solution_chains(analysis, solution)
     return Plan(
         chains=chains,
         input_shapes=tuple(tuple(x.shape) for x in inputs),
         strided=strided,
         exclude=tuple(exclude),
         budget_ms=budget_ms,
-        predicted_ms=fixed_ms + solution.time,
+        predicted_ms=model_ms.predict(solution.time),
         objective=solution.objective,
         fingerprints={
             "latency": dict(latency.meta.get("fingerprint", {})),
@@ -180,30 +182,33 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
     return tuple(example_inputs)
 
 
-def _latency_budget_parts(latency: LatencyTable) -> tuple[float, float]:
-    """(end-to-end ms of the original model, ms spent outside the chains) from the table.
+def _latency_budget_parts(latency: LatencyTable) -> LatencyModel:
+    """How the table predicts milliseconds (:func:`~depthfx.measure.latency.latency_model`):
+    the in-context calibration when the table has one, else the raw additive model.
 
-    A negative outside part means the blocks timed alone cost more than the whole model
-    (tiny models, where per-call costs dominate): it is taken as 0, with a warning, so that
-    predictions err on the slow side instead of promising the impossible.
+    A negative outside part of the *raw* model means the blocks timed alone cost more than the
+    whole model: it is taken as 0, with a warning, so that predictions err on the slow side
+    instead of promising the impossible (a calibrated fit needs no such clamp: its intercept
+    is fitted on measured plans).
     """
     try:
-        total, fixed = float(latency.meta["end_to_end_ms"]), float(latency.meta["fixed_ms"])
-    except KeyError as err:
+        model = latency_model(latency)
+    except TableError as err:
         raise DepthFXError(
-            f"the latency table has no {err.args[0]!r}: measure it with LatencyTable.measure, or "
-            "give budget_ms for the chains of a table read from the paper's CSV format"
+            f"{err}; measure the table with LatencyTable.measure, or give budget_ms for the "
+            "chains of a table read from the paper's CSV format"
         ) from None
-    if fixed < 0:
+    if not model.calibrated and model.fixed_ms < 0:
+        total = model.end_to_end_ms
         warnings.warn(
-            f"the blocks timed alone sum to {total - fixed:.4g} ms, more than the whole model "
-            f"({total:.4g} ms): per-call costs dominate at this size, so predicted latencies "
-            "will be pessimistic",
+            f"the blocks timed alone sum to {total - model.fixed_ms:.4g} ms, more than the whole "
+            f"model ({total:.4g} ms): per-call costs dominate at this size, so predicted "
+            "latencies will be pessimistic (an in-context calibrated table avoids this)",
             UserWarning,
             stacklevel=3,
         )
-        fixed = 0.0
-    return total, fixed
+        model = replace(model, fixed_ms=0.0)
+    return model
 
 
 def _warn_finetuning() -> None:

@@ -14,10 +14,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
+
+if TYPE_CHECKING:
+    from depthfx.analysis import Analysis
+    from depthfx.solver.dp import Solution
 
 
 class PlanError(DepthFXError, ValueError):
@@ -143,3 +147,15 @@ def chain_plan(convs: Sequence[str], act_pos: Iterable[int], merge_pos: Iterable
     """Build a ChainPlan from any iterables (the chain end is always added to S)."""
     merge = set(merge_pos) | {len(convs)}
     return ChainPlan(tuple(convs), sorted_positions(act_pos), sorted_positions(merge))
+
+
+def solution_chains(analysis: Analysis, solution: Solution) -> tuple[ChainPlan, ...]:
+    """The ChainPlans of a DP solution, one per chain of ``analysis``, in its order."""
+    return tuple(
+        chain_plan(
+            [c.node for c in chain.convs],
+            solution.chains[chain.index].act_pos,
+            solution.chains[chain.index].merge_pos,
+        )
+        for chain in analysis.chains
+    )

@@ -3,7 +3,13 @@
 Every session setting that changes latency is fixed explicitly and recorded in the
 fingerprint: ``ORT_ENABLE_ALL`` (baselines must be backend-optimised), sequential execution,
 ``threads`` intra-op threads (default 1, the only setting that is stable on a shared CPU),
-one inter-op thread and a fixed spinning policy. Providers are always explicit and verified
+one inter-op thread and a fixed spinning policy: *no* spinning by default, because with
+several intra-op threads on a shared CPU a spinning worker that loses its core stalls every
+parallel region (measured on 2 busy cores, MobileNetV2 224×224, 2 threads: spinning 20–46 ms at
+batch 1 and 130–180 ms at batch 8 in its slow state, against 10 ms / 50–100 ms without; on an
+idle machine the two are within ~15%), so tables and baselines would flip between speed
+states. ``spinning=True`` is there for dedicated machines; it is in the fingerprint, so tables
+of the two policies never mix. Providers are always explicit and verified
 after session creation, because ORT silently falls back to CPU when an EP fails to load. On
 GPU the inputs live on the device (OrtValue + IO binding) and the outputs are bound to
 pre-allocated device buffers, so a timed run includes no host↔device copies.
@@ -104,7 +110,7 @@ class OnnxRuntimeBackend:
         *,
         threads: int = 1,
         provider: str | None = None,
-        spinning: bool = True,
+        spinning: bool = False,
         precision: str = "fp32",
         batch: int = 1,
         device_id: int = 0,

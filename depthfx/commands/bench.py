@@ -1,4 +1,5 @@
-"""``depthfx bench``: median/IQR latency of one model on one backend, with its fingerprint."""
+"""``depthfx bench``: median/IQR latency of one model on one backend, with its fingerprint; with
+``--sweep``, plan, merge and time the model at several budgets (:mod:`depthfx.sweep`)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,22 @@ from depthfx.io import write_json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure a model's latency (median, IQR, fingerprint)",
+        help="measure a model's latency; --sweep: compress at several budgets and compare",
         description=(
             "Time MODEL (an .onnx file or a spec such as torchvision:resnet18) on one backend. "
             "Reports the median per-call latency over blocks and the IQR; use --threads 1 "
-            "for numbers that are stable on a shared CPU."
+            "for numbers that are stable on a shared CPU. With --sweep 0.9,0.8,0.7: measure "
+            "the latency and importance tables once, then for each budget plan, merge and time "
+            "the compressed model interleaved with the original (predicted vs measured, "
+            "speed-up; top-1 without fine-tuning with --eval-data; a figure with --plot)."
         ),
     )
-    p.add_argument("model", metavar="MODEL_OR_ONNX", help="an .onnx path or torchvision:NAME")
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_ONNX",
+        help="an .onnx path, or torchvision:NAME, timm:NAME, path/to/file.py:factory",
+    )
+    p.add_argument("--weights", help="local state_dict file to load (nothing is downloaded)")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 1)")
@@ -34,7 +43,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=0.2, help="warm-up seconds (default 0.2)")
     p.add_argument("--blocks", type=int, default=20, help="timed blocks (default 20)")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    sweep = p.add_argument_group("budget sweep (a model spec, not an .onnx file)")
+    sweep.add_argument(
+        "--sweep",
+        type=_budgets,
+        metavar="B1,B2,…",
+        help="budgets as fractions of the original's latency, e.g. 0.9,0.8,0.7,0.6",
+    )
+    sweep.add_argument("--latency", type=Path, help="reuse a latency table (JSON)")
+    sweep.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")
+    sweep.add_argument(
+        "--data",
+        help="calibration data for the importance proxy (digits, fashion-mnist[:N], an image "
+        "folder, a .pt/.npz file); without it random inputs are used, with a warning",
+    )
+    sweep.add_argument("--images", type=int, help="calibration images for the proxy (default 256)")
+    sweep.add_argument("--cache", type=Path, help="cache folder for the latency table (resumable)")
+    sweep.add_argument("--strided", choices=("general", "paper"), default="general")
+    sweep.add_argument(
+        "--eval-data",
+        metavar="SPEC",
+        help="labelled data (same specs as --data) for the top-1 of the original and of each "
+        "compressed model, without fine-tuning",
+    )
+    sweep.add_argument(
+        "--onnx-dir", type=Path, help="also export each compressed model there (budget_B.onnx)"
+    )
+    sweep.add_argument(
+        "--plot",
+        type=Path,
+        metavar="OUT.png",
+        help="write a figure: latency vs budget, accuracy vs speed-up (needs matplotlib: "
+        'pip install "depthfx[plot]")',
+    )
     p.set_defaults(func=run)
+
+
+def _budgets(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"bad budgets {text!r}: expected positive fractions like 0.9,0.8,0.7"
+        )
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     from depthfx.benchmark import benchmark
     from depthfx.models import load_model
 
+    if args.sweep is not None:
+        return run_sweep(args)
+    sweep_only = (
+        "latency", "importance", "data", "images", "cache", "eval_data", "onnx_dir", "plot",
+    )  # fmt: skip
+    if given := [f"--{k.replace('_', '-')}" for k in sweep_only if getattr(args, k) is not None]:
+        raise DepthFXError(f"{', '.join(given)} only apply with --sweep")
     shape = parse_shape(args.input_shape, args.batch) if args.input_shape else None
     backend_options: dict[str, Any] = {}
     if args.model.endswith(".onnx"):
@@ -55,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "torch":
             raise DepthFXError("the torch backend needs a PyTorch model, not an .onnx file")
     else:
-        model = load_model(args.model).eval()
+        model = load_model(args.model, args.weights).eval()
         example = (torch.randn(parse_shape(args.input_shape, args.batch)),)
     result = benchmark(
         model,
@@ -81,4 +142,52 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key:<{width}}  {value}")
     if args.json is not None:
         write_json(args.json, {"model": args.model, **result.to_dict()})
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """``--sweep``: tables once, then plan → merge → interleaved timing per budget."""
+    import torch
+
+    from depthfx.data import load_dataset
+    from depthfx.models import load_model
+    from depthfx.solver import ImportanceTable, LatencyTable
+    from depthfx.sweep import plot_sweep, require_matplotlib, sweep
+
+    if args.model.endswith(".onnx"):
+        raise DepthFXError("--sweep needs a PyTorch model spec (e.g. torchvision:NAME), not ONNX")
+    if args.plot is not None:
+        require_matplotlib()  # before minutes of measuring, not after
+    model = load_model(args.model, args.weights).eval()
+    shape = parse_shape(args.input_shape, args.batch)
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    image_shape = tuple(shape[1:])
+    result = sweep(
+        model,
+        (example,),
+        args.sweep,
+        latency=None if args.latency is None else LatencyTable.read_json(args.latency),
+        importance=None if args.importance is None else ImportanceTable.read_json(args.importance),
+        data=None if args.data is None else load_dataset(args.data, input_shape=image_shape),
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        eval_data=(
+            None
+            if args.eval_data is None
+            else load_dataset(args.eval_data, input_shape=image_shape)
+        ),
+        strided=args.strided,
+        latency_options={"cache_dir": args.cache},
+        importance_options={"images": args.images},
+        rounds=args.blocks,
+        onnx_dir=args.onnx_dir,
+    )
+    result.model = args.model
+    print(result.format())
+    if args.json is not None:
+        write_json(args.json, result.to_dict())
+    if args.plot is not None:
+        plot_sweep(result, args.plot)
+        print(f"  plot: {args.plot}")
     return 0

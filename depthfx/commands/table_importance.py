@@ -28,6 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None, help="calibration images (default 256)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")
+    p.add_argument(
+        "--estimate",
+        choices=("fisher", "exact"),
+        default="fisher",
+        help="proxy: fisher (default, fast: each entry's changed region exactly, the rest to "
+        "second order) or exact (every entry's network to the output; needed for --score "
+        "accuracy)",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (overrides epochs)")
     p.add_argument("--lr", type=float, default=0.1, help="fine-tuning lr (default 0.1)")
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         strided=args.strided,
         exclude=args.exclude,
         score=args.score,
+        estimate=args.estimate,
         images=args.images,
         batch_size=args.batch_size,
         norm=args.norm,

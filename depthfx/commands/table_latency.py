@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=None, metavar="DIR", help="resumable cache")
     p.add_argument("--jobs", type=int, default=1, help="build models/engines ahead in N threads")
     p.add_argument("--no-bound", action="store_true", help="time even dominated huge blocks")
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip the in-context calibration (timing real merged plans against the original)",
+    )
     p.add_argument("--force", action="store_true", help="accept mismatching fingerprints")
     p.add_argument("-o", "--output", type=Path, required=True, help="table .json (with meta)")
     p.add_argument("--csv", type=Path, default=None, help="also write the paper's CSV format")
@@ -43,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from depthfx.measure.latency import load_table, measure_latency_table
+    from depthfx.measure.latency import describe_calibration, load_table, measure_latency_table
     from depthfx.models import load_model
 
     if args.output.suffix != ".json":
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         jobs=args.jobs,
         bound=not args.no_bound,
+        calibrate=not args.no_calibration,
         backend_options=options,
         force=args.force,
         expect=previous,
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             f"{m['timed_now']} now, {m['from_cache']} from cache, {len(m['bounded'])} bounded",
         ),
         ("end-to-end", f"{m['end_to_end_ms']:.4f} ms (IQR {m['end_to_end_iqr_ms']:.4f})"),
-        ("fixed part", f"{m['fixed_ms']:.4f} ms outside the chains"),
+        ("fixed part", f"{m['fixed_ms']:.4f} ms outside the chains (raw)"),
+        ("latency model", describe_calibration(table)),
         ("build time", f"{m['build_s']:.1f} s"),
         ("setting", _summary(m["fingerprint"])),
         ("written", str(args.output) + (f", {args.csv}" if args.csv else "")),

@@ -30,12 +30,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache
-def _setup() -> tuple[Tiny, object, object]:
+def _setup(estimate: str = "exact") -> tuple[Tiny, object, object]:
     model = trained_tiny()
     analysis = analyze(model, X1, training=False)
     x, y = digits()
     calib = list(zip(x[1400:1528].split(32), y[1400:1528].split(32), strict=True))
-    table = measure_importance(model, X1, calib, analysis=analysis, score="kl", progress=False)
+    table = measure_importance(
+        model, X1, calib, analysis=analysis, score="kl", estimate=estimate, progress=False
+    )
     return model, analysis, table
 
 
@@ -87,8 +89,9 @@ def test_proxy_scores_equal_an_independent_computation() -> None:
             assert table.scores[key] == pytest.approx(-kl, rel=1e-6, abs=1e-12)
 
 
-def test_unchanged_entries_score_exactly_zero_and_removals_negative() -> None:
-    _, analysis, table = _setup()
+@pytest.mark.parametrize("estimate", ["exact", "fisher"])
+def test_unchanged_entries_score_exactly_zero_and_removals_negative(estimate: str) -> None:
+    _, analysis, table = _setup(estimate)
     zeros = [k for k in table.scores if _unchanged(analysis, k)]
     # single-conv blocks with the original flags, and (1, 3): merging a linear pair
     assert {(0, 0, 1, 1, 1), (0, 1, 2, 1, 0), (0, 2, 3, 0, 1), (0, 1, 3, 1, 1)} <= set(zeros)
@@ -101,7 +104,9 @@ def test_accuracy_score_in_percentage_points() -> None:
     model, analysis, _ = _setup()
     x, y = digits()
     calib = [(x[1400:1500], y[1400:1500])]
-    table = measure_importance(model, X1, calib, analysis=analysis, progress=False)
+    table = measure_importance(
+        model, X1, calib, analysis=analysis, estimate="exact", progress=False
+    )
     assert table.score == "val_acc"
     assert table.meta["columns"] == ["val_acc", "neg_kl", "neg_rel_mse"]
     with torch.no_grad():
@@ -171,8 +176,9 @@ def test_callable_method_and_round_trips(tmp_path) -> None:
 def test_measure_classmethod_and_solver(tmp_path) -> None:
     model, analysis, table = _setup()
     same = depthfx.solver.ImportanceTable.measure(
-        model, X1, [digits()[0][1400:1528]], analysis=analysis, score="kl", progress=False
-    )
+        model, X1, [digits()[0][1400:1528]], analysis=analysis, score="kl", estimate="exact",
+        progress=False,
+    )  # fmt: skip
     assert same.scores == table.scores
     assert not math.isnan(sum(table.extended().values.values()))
 
@@ -192,8 +198,8 @@ def test_cli(tmp_path, monkeypatch, capsys) -> None:
     torch.save({"x": x[:40], "y": y[:40]}, tmp_path / "calib.pt")
     out = tmp_path / "imp.json"
     argv = ["table", "importance", f"{tmp_path / 'm.py'}:make", "--weights", str(tmp_path / "w.pt"),
-            "--data", str(tmp_path / "calib.pt"), "-o", str(out), "--ext-csv",
-            str(tmp_path / "ext.csv")]  # fmt: skip
+            "--data", str(tmp_path / "calib.pt"), "--estimate", "exact", "-o", str(out),
+            "--ext-csv", str(tmp_path / "ext.csv")]  # fmt: skip
     assert depthfx.cli.main(argv) == 0
     table = ImportanceTable.read_json(out)
     assert table.score == "val_acc" and table.meta["fingerprint"]["images"] == 40
@@ -210,3 +216,98 @@ def test_cli(tmp_path, monkeypatch, capsys) -> None:
     ]
     assert depthfx.cli.main(bad) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fisher estimate
+
+
+def _run_with(base: torch.fx.GraphModule, overrides: dict[str, torch.Tensor], x: torch.Tensor):
+    """The base network with some node values replaced (the entry's frontier values)."""
+
+    class Override(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node):
+            return overrides[n.name] if n.name in overrides else super().run_node(n)
+
+    return Override(base).run(x)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "residual"])
+def test_fisher_regions_recompose_every_entry_network(model_name: str) -> None:
+    """Prefix values of the base → the entry's region → the base's suffix is the entry network:
+    the split the second-order estimate relies on is exact, for every extended block."""
+    from depthfx.measure.fisher import find_region, with_values
+    from depthfx.testing import TinyResidual
+
+    if model_name == "tiny":
+        model, x_example, x = trained_tiny(), X1, digits()[0][:16]
+    else:
+        torch.manual_seed(0)
+        model, x_example = TinyResidual().eval(), torch.zeros(1, 3, 16, 16)
+        x = torch.randn(4, 3, 16, 16)
+    analysis = analyze(model, x_example, training=False)
+    base = build_network(analysis, entry_plan(analysis, None))
+    stable = {n.name for n in analysis.graph_module.graph.nodes}
+    regions = 0
+    for key in entries_of(analysis):
+        entry = build_network(analysis, entry_plan(analysis, key))
+        region = find_region(entry, base, stable)
+        with torch.no_grad():
+            want = entry(x)
+            if region.module is None:
+                torch.testing.assert_close(base(x), want, rtol=0, atol=0)
+                continue
+            regions += 1
+            _, found = with_values(base, region.inputs)(x)
+            result = region.module(*found)
+            if region.exact:
+                torch.testing.assert_close(result[0], want, rtol=1e-5, atol=1e-6)
+            else:
+                got = _run_with(base, dict(zip(region.outputs, result, strict=True)), x)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+                # the region is smaller than the rest of the network
+                assert len(region.module.graph.nodes) < len(entry.graph.nodes)
+    assert regions >= 2
+
+
+def test_fisher_estimate_is_the_kl_to_second_order() -> None:
+    """For a small change δ at a frontier feeding a softmax through a linear map, ½ δᵀ𝓕δ with
+    sampled labels matches the exact KL (within sampling error), and both shrink as δ²."""
+    from depthfx.measure.fisher import FisherScores
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    h = torch.randn(64, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    direction = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+    logits = h @ weight.T
+    scores = FisherScores(["a", "b"], classifier=True)
+    grads = scores.gradients([logits], [h], 4000, gen)
+    scores.add_reference([logits.detach()])
+    for key, eps in (("a", 1e-2), ("b", 2e-2)):
+        scores.add(key, [eps * direction], grads)
+    log_p = F.log_softmax(logits.detach(), 1)
+    for key, eps in (("a", 1e-2), ("b", 2e-2)):
+        log_q = F.log_softmax((h.detach() + eps * direction) @ weight.T, 1)
+        kl = float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+        assert scores.score(key) == pytest.approx(-kl, rel=0.1)
+    assert scores.score("b") / scores.score("a") == pytest.approx(4.0, rel=1e-9)
+
+
+def test_fisher_ranks_like_the_exact_proxy_on_a_trained_model() -> None:
+    _, _, exact = _setup("exact")
+    _, _, fisher = _setup("fisher")
+    keys = [k for k in exact.scores if exact.scores[k] != 0]
+    assert fisher.meta["fingerprint"]["estimate"] == "fisher"
+    rank = lambda v: torch.tensor(v).argsort().argsort().double()  # noqa: E731
+    a = rank([exact.scores[k] for k in keys])
+    b = rank([fisher.scores[k] for k in keys])
+    rho = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert rho > 0.8, rho
+
+
+def test_accuracy_score_needs_the_exact_estimate() -> None:
+    model, analysis, _ = _setup()
+    x, y = digits()
+    with pytest.raises(depthfx.errors.DepthFXError, match="estimate='exact'"):
+        measure_importance(
+            model, X1, [(x[:32], y[:32])], analysis=analysis, score="accuracy", progress=False
+        )

@@ -45,11 +45,15 @@ def test_cli_writes_json_and_csv_and_refuses_another_setting(
     monkeypatch.setattr(depthfx.commands.table, "KINDS", ("latency",))
     out, csv = tmp_path / "t.json", tmp_path / "t.csv"
     args = ["table", "latency", f"{model_file}:make", "--input-shape", "1,3,16,16", "-o", str(out)]
-    assert depthfx.cli.main([*args, "--csv", str(csv), "--cache", str(tmp_path / "c")]) == 0
+    # --no-calibration keeps this fast; the calibration has its own tests (injected timings).
+    cache = ["--cache", str(tmp_path / "c"), "--no-calibration"]
+    assert depthfx.cli.main([*args, "--csv", str(csv), *cache]) == 0
     table = load_table(out)
     assert len(table.times) == 15 and table.meta["fingerprint"]["threads"] == 1
+    assert "calibration" not in table.meta
     assert load_table(csv).times == pytest.approx(table.times)
-    assert "end-to-end" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "end-to-end" in printed and "latency model  raw additive model" in printed
     assert depthfx.cli.main([*args, "--threads", "2"]) == 2
     assert "threads" in capsys.readouterr().err
     assert load_table(out).meta["fingerprint"]["threads"] == 1  # not overwritten
@@ -63,6 +67,7 @@ def test_register_builds_the_documented_options() -> None:
     ns = parser.parse_args(["latency", "torchvision:resnet18", "-o", "t.json", "--jobs", "2"])
     assert (ns.backend, ns.device, ns.batch, ns.threads, ns.jobs) == ("onnxruntime", "cpu", 1, 1, 2)
     assert ns.strided == "general" and ns.cache is None and not ns.force
+    assert not ns.no_calibration  # calibrated by default
 
 
 def test_report_predicted_vs_measured(net: nn.Module, x: torch.Tensor, table: LatencyTable) -> None:
