@@ -258,7 +258,7 @@ def calibration_batches(
             f"importance proxy without data: scoring on {n} random inputs of shape "
             f"{tuple(example.shape[1:])}; pass calibration data (data=...) for meaningful scores"
         )
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        warnings.warn(msg, UserWarning, stacklevel=5)
         logger.warning(msg)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn((n, *example.shape[1:]), generator=gen, dtype=example.dtype)
