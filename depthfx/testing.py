@@ -83,6 +83,28 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2-style block: 1×1 expand → 3×3 depthwise → 1×1 project, plus the identity
+    (one residual per block); used by the examples and the toy models of the tests."""
+
+    def __init__(self, channels: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 class TinyResidual(nn.Module):
     """conv-BN-ReLU, conv-BN-ReLU, conv(3×1)-BN + identity around the last two convs, ReLU:
     one chain of 3 convs with a residual (1, 3), non-square kernel and padding."""

@@ -35,27 +35,7 @@ import depthfx
 from depthfx.data import load_dataset
 from depthfx.finetune import as_loader, evaluate
 from depthfx.passes.merge import count_convs
-
-
-class InvertedResidual(nn.Module):
-    """1×1 expand → 3×3 depthwise → 1×1 project, plus the identity: one residual per block."""
-
-    def __init__(self, channels: int, expand: int = 4) -> None:
-        super().__init__()
-        hidden = channels * expand
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+from depthfx.testing import InvertedResidual
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:

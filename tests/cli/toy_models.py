@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from depthfx.testing import InvertedResidual
+
 
 def _bn_stats(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
@@ -13,27 +15,6 @@ def _bn_stats(model: nn.Module) -> nn.Module:
             m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
     return model
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV2-style block: pw expand → dw 3×3 → pw project (+ identity)."""
-
-    def __init__(self, channels: int, expand: int = 4) -> None:
-        super().__init__()
-        hidden = channels * expand
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 def tiny_mobilenet() -> nn.Module:
