@@ -692,7 +692,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
     if n < 1:
         raise DepthFXError(f"calibration_plans must be >= 1, got {n}")
     imp = activation_importance(analysis)
-    original = sum(table.times[c, p - 1, p] for c, p in _single_blocks(table))
+    original = _original_chain_ms(table)
     prec = _CALIBRATION_UNITS / original
     try:  # DP2 reports the smallest feasible chain budget when a zero budget does not fit
         fastest = solve(table, imp, 0.0, prec=prec).time
@@ -712,8 +712,13 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
     return plans
 
 
-def _single_blocks(table: LatencyTable) -> list[tuple[int, int]]:
-    return [(c, p) for c, length in table.lengths.items() for p in range(1, length + 1)]
+def _original_chain_ms(table: LatencyTable) -> float:
+    """Σ T(p − 1, p) over every chain: the unmerged chains' time in table units."""
+    return sum(
+        table.times[c, p - 1, p]
+        for c, length in table.lengths.items()
+        for p in range(1, length + 1)
+    )
 
 
 def _architecture_key(model: nn.Module, inputs: Sequence[torch.Tensor]) -> str:
@@ -801,7 +806,7 @@ def _calibration(
     anchor = pooled.median_ms
     for run in runs:
         run["measured_ms"] = anchor / run["ratio"]
-    x0 = sum(table.times[c, p - 1, p] for c, p in _single_blocks(table))
+    x0 = _original_chain_ms(table)
     doc: dict[str, Any] = {
         "model": "measured = fixed_ms + scale * chain_ms, through (original_chain_ms, "
         "end_to_end_ms)",
