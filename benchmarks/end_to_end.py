@@ -66,8 +66,9 @@ def tables(
         data = load_dataset(f"fashion-mnist-test[:{args.images}]", input_shape=tuple(x.shape[1:]))
         t0 = time.perf_counter()
         importance = ImportanceTable.measure(
-            model, (x,), data, images=args.images, strided=args.strided, threads=args.threads
-        )
+            model, (x,), data, images=args.images, strided=args.strided, threads=args.threads,
+            latency=latency,
+        )  # fmt: skip
         times["importance_s"] = time.perf_counter() - t0
         importance.write_json(imp_path)
     return latency, importance, times

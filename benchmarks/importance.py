@@ -2,12 +2,15 @@
 
 1. Proxy table time for torchvision MobileNetV2 at 224×224 with 256 calibration images
    (Fashion-MNIST resized to 3×224×224 when installed, else random inputs) on ``--threads``
-   CPU threads. ``--every K`` measures every K-th entry only and extrapolates the total.
+   CPU threads. ``--every K`` measures every K-th entry only and extrapolates the total
+   (entries' costs are heavy-tailed: a sample misjudges it); ``--sample-images 4,8`` measures
+   every entry at 4 and at 8 images and extrapolates linearly in the number of images.
 2. On a small CNN trained on Fashion-MNIST: the Spearman rank correlation between proxy
    scores and the paper's fine-tuning scores (val_acc deltas), over all extended blocks.
    A high correlation means the proxy is good enough to rank blocks for that model.
 
-Usage: .venv/bin/python benchmarks/importance.py [--threads 2] [--every 1] [--skip-mbv2]
+Usage: .venv/bin/python benchmarks/importance.py [--threads 2] [--every 1] [--sample-images 4,8]
+       [--skip-mbv2]
        [--skip-finetune]
        [--estimate fisher|exact]
 """
@@ -25,6 +28,7 @@ from depthfx.analysis import analyze
 from depthfx.data import load_dataset
 from depthfx.errors import DepthFXError
 from depthfx.measure.importance import entries_of, measure_importance
+from depthfx.solver import LatencyTable
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -33,27 +37,48 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def mbv2_proxy(threads: int, every: int, images: int, estimate: str) -> None:
+def mbv2_proxy(
+    threads: int,
+    every: int,
+    images: int,
+    estimate: str,
+    sample_images: list[int] | None,
+    latency: LatencyTable | None,
+) -> None:
     import torchvision
 
     model = torchvision.models.mobilenet_v2(weights=None).eval()
     x = torch.zeros(1, 3, 224, 224)
+    counts = sample_images or [images]
     try:
-        data = load_dataset(f"fashion-mnist-test[:{images}]", input_shape=(3, 224, 224))
-        calib, kind = [data.tensors[0]], "fashion-mnist"
+        data = load_dataset(f"fashion-mnist-test[:{max(counts)}]", input_shape=(3, 224, 224))
+        calib, kind = data.tensors[0], "fashion-mnist"
     except DepthFXError:
-        calib, kind = [torch.randn(images, 3, 224, 224)], "random"
+        calib, kind = torch.randn(max(counts), 3, 224, 224), "random"
     analysis = analyze(model, x, training=False)
     n = len(entries_of(analysis))
-    t0 = time.perf_counter()
-    measure_importance(model, x, calib, analysis=analysis, images=images, score="kl",
-                       estimate=estimate, threads=threads, shard=(0, every))  # fmt: skip
-    dt = time.perf_counter() - t0
     done = len(range(0, n, every))
+    seconds = []
+    for k in counts:
+        t0 = time.perf_counter()
+        measure_importance(model, x, [calib[:k]], analysis=analysis, images=k, score="kl",
+                           estimate=estimate, threads=threads, shard=(0, every),
+                           latency=latency)  # fmt: skip
+        seconds.append(time.perf_counter() - t0)
+    measured = ", ".join(f"{k} images {t:.0f} s" for k, t in zip(counts, seconds, strict=True))
+    if sample_images:
+        # Every cost of the proxy is per image (base passes, regions) or fixed (region finding):
+        # a line through two image counts extrapolates without sampling the heavy-tailed entries.
+        (k1, t1), (k2, t2) = sorted(zip(counts, seconds, strict=True))[:2]
+        per_image = (t2 - t1) / (k2 - k1)
+        total = (t1 + (images - k1) * per_image) * n / done
+        estimate_text = f"est. {images} images: {total / 60:.1f} min"
+    else:
+        estimate_text = f"est. full table: {seconds[0] * n / done / 60:.1f} min"
     print(
-        f"| MobileNetV2 224x224, {images} {kind} images, {threads} threads, {estimate} | "
-        f"{n} entries | "
-        f"{done} measured in {dt:.0f} s | est. full table {dt * n / done / 60:.1f} min |"
+        f"| MobileNetV2 224x224, {kind} images, {threads} threads, {estimate}, merge groups "
+        f"{'S = A' if latency is None else 'from the latency table'} | {n} entries, "
+        f"{done} measured | {measured} | {estimate_text} |"
     )
 
 
@@ -112,14 +137,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--images", type=int, default=256)
+    p.add_argument(
+        "--sample-images",
+        type=lambda v: [int(k) for k in v.split(",")],
+        help="A,B: measure at A and B images and extrapolate linearly to --images",
+    )
     p.add_argument("--train", type=int, default=10000)
     p.add_argument("--steps", type=int, default=80)
+    p.add_argument(
+        "--latency",
+        help="MobileNetV2 224x224 latency table (JSON, e.g. from `depthfx table latency`): "
+        "score the deployed merge groups",
+    )
     p.add_argument("--skip-mbv2", action="store_true")
     p.add_argument("--skip-finetune", action="store_true")
     p.add_argument("--estimate", choices=("fisher", "exact"), default="fisher")
     args = p.parse_args()
     if not args.skip_mbv2:
-        mbv2_proxy(args.threads, args.every, args.images, args.estimate)
+        latency = None if args.latency is None else LatencyTable.read_json(args.latency)
+        mbv2_proxy(
+            args.threads, args.every, args.images, args.estimate, args.sample_images, latency
+        )
     if not args.skip_finetune:
         proxy_vs_finetune(args.threads, args.train, args.steps)
 

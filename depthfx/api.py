@@ -50,8 +50,9 @@ def plan(
     ``budget`` is a fraction of the original model's end-to-end latency measured on
     ``backend``; ``budget_ms`` gives it in milliseconds instead. Tables not given are
     measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
-    ``data``; both cache their work). ``prec`` (latency units per ms) defaults to a value that
-    gives the chain budget about 2000 integer units.
+    ``data``, its entries' merge groups from the latency table; both cache their work).
+    ``prec`` (latency units per ms) defaults to a value that gives the chain budget about 2000
+    integer units.
     """
     inputs = _as_tuple(example_inputs)
     analysis = analyze(model, inputs, strided=strided, exclude=exclude, training=False)
@@ -61,7 +62,7 @@ def plan(
         )
     if importance is None:
         importance = ImportanceTable.measure(
-            model, inputs, data, analysis=analysis, **(importance_options or {})
+            model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
         )
     model_ms = _latency_budget_parts(latency)
     total_ms = model_ms.end_to_end_ms

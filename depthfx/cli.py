@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from depthfx.errors import DepthFXError
 
@@ -31,11 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; a ``DepthFXError`` becomes one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DepthFXError as err:
-        print(f"depthfx: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except DepthFXError as err:
+            print(f"depthfx: error: {err}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, like errors: on the command line the Python source line a
+    warning was raised from says nothing to the user."""
+    print(f"depthfx: warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

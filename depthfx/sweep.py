@@ -206,7 +206,7 @@ def sweep(
     if importance is None:
         t0 = time.perf_counter()
         importance = ImportanceTable.measure(
-            model, inputs, data, analysis=analysis, **(importance_options or {})
+            model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
         )
         importance_s = time.perf_counter() - t0
     if "end_to_end_ms" not in latency.meta:

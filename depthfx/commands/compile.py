@@ -56,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder, a .pt/.npz file (see `depthfx table importance -h`); without it random "
         "inputs are used, with a warning",
     )
-    p.add_argument("--images", type=int, help="calibration images for the proxy (default 256)")
+    p.add_argument(
+        "--images",
+        type=int,
+        help="calibration images for the proxy (default 256; 8 random inputs without --data)",
+    )
     p.add_argument("--cache", type=Path, help="cache folder for the latency table (resumable)")
     p.add_argument("--latency", type=Path, help="reuse a latency table (JSON) instead of measuring")
     p.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")

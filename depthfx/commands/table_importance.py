@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("proxy", "finetune"), default="proxy")
     p.add_argument("--data", help="calibration data (proxy) or held-out data (finetune)")
     p.add_argument("--train-data", help="fine-tuning data (finetune)")
-    p.add_argument("--images", type=int, default=None, help="calibration images (default 256)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="calibration images (default 256; 8 random inputs without --data)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")
     p.add_argument(
@@ -47,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=[], help="conv kept out of chains")
     p.add_argument("--cache", type=Path, default=None, help="per-entry result folder (finetune)")
     p.add_argument("--shard", default=None, metavar="K/N", help="measure only shard K of N")
+    p.add_argument(
+        "--latency",
+        type=Path,
+        help="the model's latency table (JSON): score each entry with the merge groups a plan "
+        "deploys (faster, more faithful) instead of the paper's S = A",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("-o", "--output", type=Path, required=True, help="table file: .json or .csv")
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from depthfx.data import load_dataset
     from depthfx.measure.importance import measure_importance, write_raw_csv
     from depthfx.models import load_model
+    from depthfx.solver import LatencyTable
 
     if args.output.suffix not in (".json", ".csv"):
         raise DepthFXError(f"--output {args.output}: use a .json or .csv file name")
@@ -118,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         shard=_shard(args.shard),
         seed=args.seed,
+        latency=None if args.latency is None else LatencyTable.read_json(args.latency),
         threads=args.threads,
     )
     table.meta["model_spec"] = args.model

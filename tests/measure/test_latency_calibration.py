@@ -9,6 +9,7 @@ from a cache shared by every table of a test, so all of them hold the same entri
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Callable, Iterator
@@ -145,7 +146,10 @@ def test_measure_recovers_the_line_and_predictions_use_it(
     cal = table.meta["calibration"]
     assert cal["status"] == "fitted"
     assert cal["fixed_ms"] == pytest.approx(FIXED) and cal["scale"] == pytest.approx(SCALE)
-    assert len(seen) == len(cal["points"]) == 2
+    # Two plans, unless the measured entries make the halfway plan the fastest one too (the
+    # entries are real timings): then one, and the fit through the original is exact anyway.
+    assert 1 <= len(seen) == len(cal["points"]) <= 2
+    assert len({json.dumps(p.to_json(), sort_keys=True) for p in seen}) == len(seen)
     # The calibration plans span the table: the first is the fastest the DP allows.
     times = sorted(latency.chain_ms(raw, p) for p in seen)
     analysis = analyze(net, (x,))
