@@ -299,7 +299,8 @@ def calibration_batches(
         n = images or RANDOM_IMAGES
         msg = (
             f"importance proxy without data: scoring on {n} random inputs of shape "
-            f"{tuple(example.shape[1:])}; pass calibration data (data=...) for meaningful scores"
+            f"{tuple(example.shape[1:])}; pass calibration data (data=... or --data) for "
+            "meaningful scores"
         )
         warnings.warn(msg, UserWarning, stacklevel=5)
         gen = torch.Generator().manual_seed(seed)
