@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,7 @@ def sweep(
     onnx_dir: str | Path | None = None,
     force: bool = False,
     progress: bool | None = None,
+    on_row: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
     """Plan, merge and time ``model`` at each budget (fractions of its measured latency).
 
@@ -173,6 +174,8 @@ def sweep(
     ``eval_data`` (a labelled Dataset or (inputs, labels) pair) adds the top-1 of the original
     and of each merged model, without fine-tuning. ``onnx_dir``: also export each merged
     model there (``budget_<b>.onnx``, checked against torch by :func:`depthfx.export_onnx`).
+    ``on_row``: called with the result so far after every budget (e.g. to save it, so an
+    interrupted sweep keeps the rows it finished).
     """
     from tqdm.auto import tqdm
 
@@ -222,6 +225,21 @@ def sweep(
 
     rows: list[SweepRow] = []
     setting = ""
+
+    def result() -> SweepResult:
+        return SweepResult(
+            input_shape=tuple(inputs[0].shape),
+            backend=backend,
+            setting=setting or Fingerprint(latency.meta.get("fingerprint", {})).summary(),
+            table_ms=table_ms,
+            convs_before=count_convs(analysis.graph_module),
+            activations_before=sum(len(c.activations) for c in analysis.chains),
+            latency_s=latency_s,
+            importance_s=importance_s,
+            rows=list(rows),
+            baseline_accuracy=baseline_accuracy,
+        )
+
     options = {"latency": latency, "importance": importance, "strided": strided,
                "exclude": exclude}  # fmt: skip
     # Each budget repeats the same planning warnings (and compile's fine-tuning reminder, which
@@ -236,6 +254,8 @@ def sweep(
             except InfeasibleBudget as err:  # err.budget, err.minimum: ms
                 minimum = budget * err.minimum / err.budget
                 rows.append(SweepRow(budget, err.budget, False, min_budget=minimum))
+                if on_row is not None:
+                    on_row(result())
                 continue
             merged = compile_model(model, example_inputs=inputs, plan=plan)
             report = merged.depthfx_report
@@ -265,24 +285,15 @@ def sweep(
                     plan=plan.to_json(),
                 )
             )  # fmt: skip
+            if on_row is not None:
+                on_row(result())
     seen: set[str] = set()
     for w in caught:
         text = str(w.message)
         if text not in seen and not text.startswith("depthfx.compile merges without fine-tuning"):
             seen.add(text)
             warnings.warn(w.message, w.category, stacklevel=2)
-    return SweepResult(
-        input_shape=tuple(inputs[0].shape),
-        backend=backend,
-        setting=setting or Fingerprint(latency.meta.get("fingerprint", {})).summary(),
-        table_ms=table_ms,
-        convs_before=count_convs(analysis.graph_module),
-        activations_before=sum(len(c.activations) for c in analysis.chains),
-        latency_s=latency_s,
-        importance_s=importance_s,
-        rows=rows,
-        baseline_accuracy=baseline_accuracy,
-    )
+    return result()
 
 
 def _check_labelled(data: Any) -> None:

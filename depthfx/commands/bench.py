@@ -152,7 +152,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from depthfx.data import load_dataset
     from depthfx.models import load_model
     from depthfx.solver import ImportanceTable, LatencyTable
-    from depthfx.sweep import plot_sweep, require_matplotlib, sweep
+    from depthfx.sweep import SweepResult, plot_sweep, require_matplotlib, sweep
 
     if args.model.endswith(".onnx"):
         raise DepthFXError("--sweep needs a PyTorch model spec (e.g. torchvision:NAME), not ONNX")
@@ -162,6 +162,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape, args.batch)
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     image_shape = tuple(shape[1:])
+
+    def save(partial: SweepResult) -> None:  # after every budget: an interruption keeps them
+        if args.json is not None:
+            partial.model = args.model
+            write_json(args.json, partial.to_dict())
+
     result = sweep(
         model,
         (example,),
@@ -182,6 +188,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         importance_options={"images": args.images},
         rounds=args.blocks,
         onnx_dir=args.onnx_dir,
+        on_row=save,
     )
     result.model = args.model
     print(result.format())

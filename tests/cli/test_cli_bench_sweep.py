@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -142,3 +143,29 @@ def test_sweep_rejects_onnx_and_bad_budgets(tmp_path: Path, capsys: pytest.Captu
             main(["bench", SPEC, "--sweep", bad])
         assert exc.value.code == 2
         assert "expected positive fractions" in capsys.readouterr().err
+
+
+def test_interrupted_sweep_keeps_the_rows_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON is rewritten after every budget: stopping during the second keeps the first."""
+    benchmark_module = importlib.import_module("depthfx.benchmark")  # not depthfx.benchmark()
+
+    out = tmp_path / "sweep.json"
+    importance = _activations_removed_importance(tmp_path / "imp.json")
+    args = [
+        "bench", SPEC, "--input-shape", ",".join(map(str, SHAPE)), "--sweep", "0.01,0.95",
+        "--importance", str(importance), "--cache", str(tmp_path / "lat"), "--blocks", "4",
+        "--json", str(out),
+    ]  # fmt: skip
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark_module, "compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    result = json.loads(out.read_text())
+    assert result["model"] == SPEC
+    (row,) = result["rows"]
+    assert row["budget"] == 0.01 and not row["feasible"] and 0.01 < row["min_budget"] <= 1.0
