@@ -357,13 +357,12 @@ def _linear_node(analysis: Analysis, chain: Chain, p: int) -> str:
     return arg.name
 
 
-def build_network(analysis: Analysis, plan: Plan, recompile: bool = True) -> fx.GraphModule:
+def build_network(analysis: Analysis, plan: Plan) -> fx.GraphModule:
     """The eval-mode prepared network of ``plan`` built on the analysis's eval capture.
 
     It runs ``prepare``'s own chain rewrite on a copy of the graph, so it is the network
     ``prepare(model, plan).eval()`` computes; leaf modules are shared with the model (the
     BN+act modules the rewrite edits are copied first), so it costs milliseconds.
-    ``recompile=False`` skips generating its Python code: enough for reading the graph.
     """
     base = analysis.graph_module
     gm = fx.GraphModule(base, copy.deepcopy(base.graph), type(base).__name__)
@@ -382,8 +381,7 @@ def build_network(analysis: Analysis, plan: Plan, recompile: bool = True) -> fx.
         cplan.validate(chain.breaks, [(r.src, r.dst) for r in chain.residuals])
         _prepare_chain(gm, nodes, index, chain, cplan)
     gm.graph.lint()
-    if recompile:
-        gm.recompile()
+    gm.recompile()
     return gm.eval()
 
 
@@ -524,11 +522,7 @@ def _fisher_proxy(
     base = build_network(analysis, entry_plan(analysis, None, merges))
     stable = {n.name for n in analysis.graph_module.graph.nodes}
     regions = {
-        key: find_region(
-            build_network(analysis, entry_plan(analysis, key, merges), recompile=False),
-            base,
-            stable,
-        )
+        key: find_region(build_network(analysis, entry_plan(analysis, key, merges)), base, stable)
         for key in tqdm(keys, desc="importance (regions)", unit="entry",
                         disable=None if progress else True)
     }  # fmt: skip
