@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 #: Label (or direction) draws per image for the second-order estimate.
 FISHER_SAMPLES = 4
@@ -95,70 +96,84 @@ class _Keys:
         return node.op, target, repr(args), repr(kwargs), module
 
 
-def find_region(entry: fx.GraphModule, base: fx.GraphModule, stable: set[str]) -> Region:
-    """Split ``entry`` against ``base`` into prefix, region and suffix (module docstring).
-    ``stable``: the node names of the capture both networks were built from."""
-    ek, bk = _Keys(entry, stable), _Keys(base, stable)
-    base_of = {bk.key(n): n for n in base.graph.nodes}
-    nodes = list(entry.graph.nodes)
-    twin = {n.name: base_of.get(ek.key(n)) for n in nodes}
-    same = {
-        n.name
-        for n in nodes
-        if twin[n.name] is not None and ek.signature(n) == bk.signature(twin[n.name])
-    }
-    prefix: set[str] = set()
-    for n in nodes:
-        if n.name in same and all(a.name in prefix for a in n.all_input_nodes):
-            prefix.add(n.name)
+class RegionFinder:
+    """Splits entry networks against one base network into prefix, region and suffix (module
+    docstring). ``stable``: the node names of the capture both were built from. The base's keys,
+    signatures and users are indexed once, not once per entry."""
 
-    def users_match(n: fx.Node) -> bool:
-        b = twin[n.name]
-        return b is not None and {ek.key(u) for u in n.users} == {bk.key(u) for u in b.users}
+    def __init__(self, base: fx.GraphModule, stable: set[str]) -> None:
+        self.stable = stable
+        keys = _Keys(base, stable)
+        self.base_of = {keys.key(n): n for n in base.graph.nodes}
+        self.base_signature = {n.name: keys.signature(n) for n in base.graph.nodes}
+        self.base_users = {n.name: {keys.key(u) for u in n.users} for n in base.graph.nodes}
+        output = next(n for n in base.graph.nodes if n.op == "output")
+        self.base_outputs = [n.name for n in output.all_input_nodes]
 
-    suffix: set[str] = set()
-    for n in reversed(nodes):
-        if n.name in same and {u.name for u in n.users} <= suffix and users_match(n):
-            suffix.add(n.name)
-    # A frontier value must feed the suffix only, and the same nodes as in the base: otherwise
-    # the base's gradient at it would include paths the entry does not have.
-    by_name = {n.name: n for n in nodes}
-    changed = True
-    while changed:
-        changed = False
-        for n in nodes:
-            if n.name in suffix:
-                continue
-            users = {u.name for u in n.users}
-            readers = users & suffix
-            if readers and (readers != users or not users_match(n)):
-                _drop(readers, suffix, by_name)
-                changed = True
-    output = next(n for n in nodes if n.op == "output")
-    region = [n for n in nodes if n.name not in prefix and n.name not in suffix and n is not output]
-    if not region:
-        return Region(None, [], [], exact=False)
-    exact = output.name not in suffix or not (suffix - {output.name})
-    if exact:
-        computed = list(output.all_input_nodes)
-        base_output = next(n for n in base.graph.nodes if n.op == "output")
-        references = [n.name for n in base_output.all_input_nodes]
-        if len(references) != len(computed):
-            raise ValueError("an entry's network returns a different number of outputs")
-    else:
-        computed = [
-            n
+    def __call__(self, entry: fx.GraphModule) -> Region:
+        ek = _Keys(entry, self.stable)
+        nodes = list(entry.graph.nodes)
+        twin = {n.name: self.base_of.get(ek.key(n)) for n in nodes}
+        same = {
+            n.name
             for n in nodes
-            if n.name not in suffix and n.name not in prefix
-            and any(u.name in suffix for u in n.users)
-        ]  # fmt: skip
-        references = [twin[n.name].name for n in computed]  # type: ignore[union-attr]
-    members = {n.name for n in region}
-    sources = [n for n in nodes if n.name in prefix and any(u.name in members for u in n.users)]
-    sources += [n for n in computed if n.name in prefix and n not in sources]
-    module = _region_module(entry, region, [n.name for n in sources], [n.name for n in computed])
-    inputs = [twin[n.name].name for n in sources]  # type: ignore[union-attr]
-    return Region(module, inputs, references, exact)
+            if (b := twin[n.name]) is not None and ek.signature(n) == self.base_signature[b.name]
+        }
+        prefix: set[str] = set()
+        for n in nodes:
+            if n.name in same and all(a.name in prefix for a in n.all_input_nodes):
+                prefix.add(n.name)
+
+        def users_match(n: fx.Node) -> bool:
+            b = twin[n.name]
+            return b is not None and {ek.key(u) for u in n.users} == self.base_users[b.name]
+
+        suffix: set[str] = set()
+        for n in reversed(nodes):
+            if n.name in same and {u.name for u in n.users} <= suffix and users_match(n):
+                suffix.add(n.name)
+        # A frontier value must feed the suffix only, and the same nodes as in the base:
+        # otherwise the base's gradient at it would include paths the entry does not have.
+        by_name = {n.name: n for n in nodes}
+        changed = True
+        while changed:
+            changed = False
+            for n in nodes:
+                if n.name in suffix:
+                    continue
+                users = {u.name for u in n.users}
+                readers = users & suffix
+                if readers and (readers != users or not users_match(n)):
+                    _drop(readers, suffix, by_name)
+                    changed = True
+        output = next(n for n in nodes if n.op == "output")
+        region = [
+            n for n in nodes if n.name not in prefix and n.name not in suffix and n is not output
+        ]
+        if not region:
+            return Region(None, [], [], exact=False)
+        exact = output.name not in suffix or not (suffix - {output.name})
+        if exact:
+            computed = list(output.all_input_nodes)
+            references = self.base_outputs
+            if len(references) != len(computed):
+                raise ValueError("an entry's network returns a different number of outputs")
+        else:
+            computed = [
+                n
+                for n in nodes
+                if n.name not in suffix and n.name not in prefix
+                and any(u.name in suffix for u in n.users)
+            ]  # fmt: skip
+            references = [twin[n.name].name for n in computed]  # type: ignore[union-attr]
+        members = {n.name for n in region}
+        sources = [n for n in nodes if n.name in prefix and any(u.name in members for u in n.users)]
+        sources += [n for n in computed if n.name in prefix and n not in sources]
+        module = _region_module(
+            entry, region, [n.name for n in sources], [n.name for n in computed]
+        )
+        inputs = [twin[n.name].name for n in sources]  # type: ignore[union-attr]
+        return Region(module, inputs, references, exact)
 
 
 def _drop(names: Iterable[str], suffix: set[str], by_name: dict[str, fx.Node]) -> None:
@@ -179,7 +194,7 @@ def _region_module(
     for node in region:
         env[node.name] = graph.node_copy(node, lambda a: env[a.name])
     graph.output(tuple(env[o] for o in outputs))
-    gm = fx.GraphModule(entry, graph, "Region")
+    gm = _LazyGraphModule(entry, graph, "Region")  # shared_regions runs its nodes, not its code
     return out_of_place(gm)
 
 
@@ -231,6 +246,39 @@ def out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
     return gm.eval()
 
 
+class Draws:
+    """Gradient draws at one value, stored as (batch, draws, elements) rows in the value's
+    memory order, so that ``dot`` is one batched matrix product over views: no copy of the
+    draws (four times the value's size) per entry."""
+
+    def __init__(self, rows: torch.Tensor, order: list[int]) -> None:
+        self.rows = rows
+        self.order = order
+
+    @classmethod
+    def empty_like(cls, value: torch.Tensor, samples: int) -> Draws:
+        order = [0, *sorted(range(1, value.dim()), key=lambda d: -value.stride(d))]
+        rows = value.new_empty((len(value), samples, value[0].numel()), dtype=value.dtype)
+        return cls(rows, order)
+
+    @property
+    def samples(self) -> int:
+        return self.rows.shape[1]
+
+    def set(self, k: int, grad: torch.Tensor | None) -> None:
+        if grad is None:
+            self.rows[:, k].zero_()
+        else:
+            self.rows[:, k] = self._flat(grad)
+
+    def dot(self, delta: torch.Tensor) -> torch.Tensor:
+        """(batch, draws): each draw's gradient · delta, per image."""
+        return torch.bmm(self.rows, self._flat(delta).unsqueeze(-1)).squeeze(-1)
+
+    def _flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t.permute(self.order).reshape(len(t), -1)
+
+
 class FisherScores:
     """Running second-order estimates of each entry's output divergence (module docstring)."""
 
@@ -246,10 +294,10 @@ class FisherScores:
         frontier: list[torch.Tensor],
         samples: int,
         generator: torch.Generator,
-    ) -> list[torch.Tensor]:
-        """Per frontier value, the gradients (stacked over ``samples`` draws) of log p_y,
-        y ∼ p, for classifiers, or of vᵀ·outputs, v ∼ N(0, I), otherwise."""
-        draws: list[list[torch.Tensor]] = [[] for _ in frontier]
+    ) -> list[Draws]:
+        """Per frontier value, the gradients (``samples`` draws) of log p_y, y ∼ p, for
+        classifiers, or of vᵀ·outputs, v ∼ N(0, I), otherwise."""
+        draws = [Draws.empty_like(f, samples) for f in frontier]
         for k in range(samples):
             if self.classifier:
                 log_p = F.log_softmax(outputs[0].double(), dim=1)
@@ -263,22 +311,19 @@ class FisherScores:
             grads = torch.autograd.grad(
                 objective, frontier, retain_graph=k < samples - 1, allow_unused=True
             )
-            for d, g, f in zip(draws, grads, frontier, strict=True):
-                d.append(torch.zeros_like(f) if g is None else g)
-        return [torch.stack(d) for d in draws]
+            for d, g in zip(draws, grads, strict=True):
+                d.set(k, g)
+        return draws
 
     def add_reference(self, outputs: list[torch.Tensor]) -> None:
         self.sq_ref += sum(float((o.double() ** 2).sum()) for o in outputs)
         self.n += len(outputs[0])
 
-    def add(self, key: Any, deltas: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def add(self, key: Any, deltas: list[torch.Tensor], grads: list[Draws]) -> None:
         """Accumulate Σ_images mean_draws (g · δ)² (½ of it for the KL); ``grads[i]`` holds
         the draws of the gradient at the value whose change is ``deltas[i]``."""
-        s = sum(
-            (g * d.unsqueeze(0)).flatten(2).sum(2).double()
-            for g, d in zip(grads, deltas, strict=True)
-        )
-        value = float((s**2).sum()) / len(grads[0])
+        s = sum(g.dot(d).double() for g, d in zip(grads, deltas, strict=True))
+        value = float((s**2).sum()) / grads[0].samples
         self.total[key] += 0.5 * value if self.classifier else value
 
     def score(self, key: Any) -> float:
@@ -287,4 +332,12 @@ class FisherScores:
         return -(self.total[key] / self.sq_ref if self.sq_ref > 0 else self.total[key]) + 0.0
 
 
-__all__ = ["FISHER_SAMPLES", "FisherScores", "Region", "find_region", "out_of_place", "signature"]
+__all__ = [
+    "FISHER_SAMPLES",
+    "Draws",
+    "FisherScores",
+    "Region",
+    "RegionFinder",
+    "out_of_place",
+    "signature",
+]
