@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder, a .pt/.npz file); without it random inputs are used, with a warning",
     )
     sweep.add_argument("--images", type=int, help="calibration images for the proxy (default 256)")
-    sweep.add_argument("--cache", type=Path, help="cache folder for the latency table (resumable)")
+    sweep.add_argument(
+        "--cache", type=Path, help="cache folder for the latency and importance tables (resumable)"
+    )
     sweep.add_argument("--strided", choices=("general", "paper"), default="general")
     sweep.add_argument(
         "--eval-data",
@@ -185,7 +187,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         ),
         strided=args.strided,
         latency_options={"cache_dir": args.cache},
-        importance_options={"images": args.images},
+        importance_options={"images": args.images, "cache": args.cache},
         rounds=args.blocks,
         onnx_dir=args.onnx_dir,
         on_row=save,

@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="calibration images for the proxy (default 256; 8 random inputs without --data)",
     )
-    p.add_argument("--cache", type=Path, help="cache folder for the latency table (resumable)")
+    p.add_argument(
+        "--cache", type=Path, help="cache folder for the latency and importance tables (resumable)"
+    )
     p.add_argument("--latency", type=Path, help="reuse a latency table (JSON) instead of measuring")
     p.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")
     p.add_argument("--strided", choices=("general", "paper"), default="general")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "cache_dir": args.cache,
         },
-        "importance_options": {"images": args.images},
+        "importance_options": {"images": args.images, "cache": args.cache},
     }
     if args.budget_ms is not None:
         options["budget_ms"] = args.budget_ms

@@ -50,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--std", default=None, help="input normalisation std")
     p.add_argument("--strided", choices=("general", "paper"), default="general")
     p.add_argument("--exclude", action="append", default=[], help="conv kept out of chains")
-    p.add_argument("--cache", type=Path, default=None, help="per-entry result folder (finetune)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="resume folder: per-entry results (finetune), running sums per batch (proxy)",
+    )
     p.add_argument("--shard", default=None, metavar="K/N", help="measure only shard K of N")
     p.add_argument(
         "--latency",

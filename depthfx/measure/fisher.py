@@ -326,6 +326,18 @@ class FisherScores:
         value = float((s**2).sum()) / grads[0].samples
         self.total[key] += 0.5 * value if self.classifier else value
 
+    def state(self) -> dict[str, Any]:
+        """The running sums (JSON-ready; keys are tuples of ints)."""
+        totals = [[*k, v] for k, v in self.total.items()]
+        return {"classifier": self.classifier, "total": totals, "sq_ref": self.sq_ref, "n": self.n}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FisherScores:
+        scores = cls([], state["classifier"])
+        scores.total = {tuple(row[:-1]): row[-1] for row in state["total"]}
+        scores.sq_ref, scores.n = state["sq_ref"], state["n"]
+        return scores
+
     def score(self, key: Any) -> float:
         if self.classifier:
             return -self.total[key] / self.n + 0.0

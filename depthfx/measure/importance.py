@@ -57,6 +57,7 @@ from depthfx.measure.fisher import (
     signature,
     with_values,
 )
+from depthfx.measure.proxy_checkpoint import ProxyCheckpoint, data_digest
 from depthfx.measure.shared_regions import SharedRegions
 from depthfx.passes.fold_bn import fold_bn_modules
 from depthfx.passes.prepare import _prepare_chain, prepare
@@ -180,7 +181,8 @@ def measure_importance(
     batches; ``epochs`` (or ``steps``), ``lr`` and ``batch_size`` (default 256) as in the paper.
     ``norm``/``alpha`` default to ``none`` for the proxy and callables, ``single``/1.6 for
     finetune (the paper's MBV2-1.0 setting; re-tune α for other models, spec §7.17).
-    ``cache``: a folder for per-entry results (finetune, callable); ``shard=(k, n)`` measures
+    ``cache``: a folder for per-entry results (finetune, callable) or, for the Fisher proxy,
+    its running sums after every batch (an interrupted table resumes); ``shard=(k, n)`` measures
     only entries k, k+n, k+2n, … (a partial table; merge by running once more on the union of
     the cache folders without ``shard``).
 
@@ -216,6 +218,10 @@ def measure_importance(
                 scores, columns, metrics, meta = _fisher_proxy(
                     analysis, keys, data, merges, score=score, images=images,
                     batch_size=batch_size or FISHER_BATCH, seed=seed, progress=progress,
+                    cache=cache, identity={
+                        "model": model_hash(model), "merges": merge_id, "strided":
+                        analysis.options["strided"], "entries": _keys_digest(keys),
+                    },
                 )  # fmt: skip
             elif estimate == "exact":
                 scores, columns, metrics, meta = _proxy(
@@ -275,6 +281,10 @@ def measure_importance(
         default_acts=default_acts,
         meta=meta,
     )
+
+
+def _keys_digest(keys: list[ExtKey]) -> str:
+    return hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
 
 
 def _latency_digest(latency: LatencyTable) -> str:
@@ -459,6 +469,16 @@ class _Stats:
                 self.correct += int((out[0].argmax(1) == y).sum())
         self.n += len(ref[0])
 
+    def state(self) -> list[float]:
+        return [self.kl, self.sq_err, self.sq_ref, self.correct, self.n]
+
+    @classmethod
+    def from_state(cls, state: list[float]) -> _Stats:
+        stats = cls()
+        stats.kl, stats.sq_err, stats.sq_ref = state[:3]
+        stats.correct, stats.n = int(state[3]), int(state[4])
+        return stats
+
 
 def _is_classifier(outputs: list[torch.Tensor]) -> bool:
     return len(outputs) == 1 and outputs[0].dim() == 2
@@ -523,12 +543,82 @@ def _fisher_proxy(
     batch_size: int,
     seed: int,
     progress: bool,
+    cache: PathLike | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> tuple[dict[ExtKey, float], list[str], dict[ExtKey, list[float]], dict[str, Any]]:
-    """The second-order proxy of :mod:`depthfx.measure.fisher`."""
-    from tqdm.auto import tqdm
-
+    """The second-order proxy of :mod:`depthfx.measure.fisher`. With ``cache``, its running
+    sums are saved after every batch and a later run with the same settings (``identity``:
+    model, entries, merge groups; and the data, seed, batch size, score) resumes from them."""
     analysis, batches, is_random = _proxy_inputs(analysis, data, images, batch_size, seed)
     labelled = batches[0][1] is not None
+    generator = torch.Generator().manual_seed(seed)
+    fisher: FisherScores | None = None
+    exact: dict[ExtKey, _Stats] = {}
+    done = 0
+    checkpoint = None
+    if cache is not None:
+        settings = {**(identity or {}), "data": data_digest(batches), "batch_size": batch_size,
+                    "seed": seed, "score": score, "samples": FISHER_SAMPLES}  # fmt: skip
+        checkpoint = ProxyCheckpoint(cache, settings)
+        saved = checkpoint.load()
+        if saved is not None:
+            done = saved["batches"]
+            fisher = FisherScores.from_state(saved["fisher"])
+            exact = {tuple(row[:5]): _Stats.from_state(row[5:]) for row in saved["exact"]}
+            generator.set_state(torch.tensor(saved["generator"], dtype=torch.uint8))
+    if done < len(batches):
+        fisher, exact = _fisher_batches(
+            analysis, keys, merges, batches, done, generator, fisher, exact, checkpoint,
+            score=score, labelled=labelled, progress=progress,
+        )  # fmt: skip
+    assert fisher is not None
+    score = "kl" if fisher.classifier else "mse"
+    column = "neg_kl" if score == "kl" else "neg_rel_mse"
+    scores = {}
+    for key in keys:
+        if key in exact:
+            st_ = exact[key]
+            if score == "kl":
+                value = -st_.kl / st_.n
+            else:
+                value = -st_.sq_err / fisher.sq_ref if fisher.sq_ref > 0 else -st_.sq_err
+            scores[key] = value + 0.0
+        else:
+            scores[key] = fisher.score(key)
+    meta = {
+        "method": "proxy",
+        "fingerprint": {
+            "method": "proxy",
+            "estimate": "fisher",
+            "samples": FISHER_SAMPLES,
+            "score": score,
+            "images": sum(len(x) for x, _ in batches),
+            "random_inputs": is_random,
+            "seed": seed,
+        },
+        "exact_entries": len(exact),
+    }
+    return scores, [column], {k: [v] for k, v in scores.items()}, meta
+
+
+def _fisher_batches(
+    analysis: Analysis,
+    keys: list[ExtKey],
+    merges: MergeRule | None,
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+    done: int,
+    generator: torch.Generator,
+    fisher: FisherScores | None,
+    exact: dict[ExtKey, _Stats],
+    checkpoint: ProxyCheckpoint | None,
+    *,
+    score: str,
+    labelled: bool,
+    progress: bool,
+) -> tuple[FisherScores, dict[ExtKey, _Stats]]:
+    """Find every entry's region, then run batches ``done``… and accumulate the sums."""
+    from tqdm.auto import tqdm
+
     base = build_network(analysis, entry_plan(analysis, None, merges))
     stable = {n.name for n in analysis.graph_module.graph.nodes}
     find_region = RegionFinder(base, stable)
@@ -540,14 +630,13 @@ def _fisher_proxy(
     names = sorted({n for r in regions.values() for n in (*r.inputs, *r.outputs)})
     frontier = sorted({n for r in regions.values() if not r.exact for n in r.outputs})
     net = with_values(base, names)
-    generator = torch.Generator().manual_seed(seed)
-    fisher: FisherScores | None = None
-    exact = {k: _Stats() for k, r in regions.items() if r.exact}
+    exact = exact or {k: _Stats() for k, r in regions.items() if r.exact}
     shared = SharedRegions(regions)
-    bar = tqdm(total=len(shared) * len(batches), desc="importance (proxy)", unit="run",
-               disable=None if progress else True)  # fmt: skip
+    bar = tqdm(total=len(shared) * len(batches), initial=len(shared) * done, unit="run",
+               desc="importance (proxy)", disable=None if progress else True)  # fmt: skip
     with bar:
-        for x, y in batches:
+        for index in range(done, len(batches)):
+            x, y = batches[index]
             with torch.enable_grad():
                 out, found = net(x.detach().requires_grad_(True))
                 outputs = _leaves(out)
@@ -577,33 +666,15 @@ def _fisher_proxy(
                         ]
                         fisher.add(key, deltas, [grads[o] for o in region.outputs])
                     bar.update(1)
+            if checkpoint is not None:
+                checkpoint.save({
+                    "batches": index + 1,
+                    "fisher": fisher.state(),
+                    "exact": [[*k, *st.state()] for k, st in exact.items()],
+                    "generator": generator.get_state().tolist(),
+                })  # fmt: skip
     assert fisher is not None
-    column = "neg_kl" if score == "kl" else "neg_rel_mse"
-    scores = {}
-    for key in keys:
-        if key in exact:
-            st_ = exact[key]
-            if score == "kl":
-                value = -st_.kl / st_.n
-            else:
-                value = -st_.sq_err / fisher.sq_ref if fisher.sq_ref > 0 else -st_.sq_err
-            scores[key] = value + 0.0
-        else:
-            scores[key] = fisher.score(key)
-    meta = {
-        "method": "proxy",
-        "fingerprint": {
-            "method": "proxy",
-            "estimate": "fisher",
-            "samples": FISHER_SAMPLES,
-            "score": score,
-            "images": sum(len(x) for x, _ in batches),
-            "random_inputs": is_random,
-            "seed": seed,
-        },
-        "exact_entries": len(exact),
-    }
-    return scores, [column], {k: [v] for k, v in scores.items()}, meta
+    return fisher, exact
 
 
 def _proxy(

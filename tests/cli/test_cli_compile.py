@@ -41,6 +41,9 @@ def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.Capt
     assert 0 <= report["max_abs_error"] < 1e-4
     assert report["predicted_ms"] <= report["budget_ms"] * 1.05  # floor discretisation slack
     assert f"{report['speedup']:.2f}×" in printed and "convs" in printed
+    # --cache keeps the proxy's sums too (one batch of the 8 images): a re-run resumes.
+    (proxy,) = (tmp_path / "cache").glob("proxy-*.json")
+    assert json.loads(proxy.read_text())["state"]["batches"] == 1
 
     plan = Plan.load(plan_path)
     assert len(plan.chains) == 1 and plan.chains[0].num_convs == 10

@@ -4,6 +4,7 @@ determinism, file formats and the CLI."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -334,6 +335,54 @@ def test_fisher_ranks_like_the_exact_proxy_on_a_trained_model() -> None:
     b = _average_ranks([fisher.scores[k] for k in keys])
     rho = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     assert rho > 0.6, rho
+
+
+def test_fisher_proxy_resumes_after_an_interruption_bit_for_bit(tmp_path, monkeypatch) -> None:
+    """Interrupted in its third batch, the proxy keeps two batches' sums in the cache; the next
+    run measures only the other two and ends with the uninterrupted scores exactly; a finished
+    table is read back without running a batch; other settings start afresh."""
+    from depthfx.measure.fisher import FisherScores
+
+    model = trained_tiny()
+    analysis = analyze(model, X1, training=False)
+    x, y = digits()
+    calib = list(zip(x[1400:1528].split(32), y[1400:1528].split(32), strict=True))
+
+    def run(**opts) -> ImportanceTable:
+        return measure_importance(
+            model, X1, calib, analysis=analysis, score="kl", batch_size=32, progress=False, **opts
+        )
+
+    full = run()
+    real_add = FisherScores.add_reference
+    batches_run = []
+
+    def counting(self, outputs) -> None:
+        if stop_at is not None and len(batches_run) == stop_at:
+            raise KeyboardInterrupt
+        batches_run.append(1)
+        real_add(self, outputs)
+
+    monkeypatch.setattr(FisherScores, "add_reference", counting)
+    stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        run(cache=tmp_path)
+    (saved,) = tmp_path.glob("proxy-*.json")
+    assert json.loads(saved.read_text())["state"]["batches"] == 2
+
+    stop_at = None
+    batches_run.clear()
+    resumed = run(cache=tmp_path)
+    assert len(batches_run) == 2
+    assert resumed.scores == full.scores  # floats saved exactly, the label draws continued
+
+    batches_run.clear()
+    assert run(cache=tmp_path).scores == full.scores
+    assert batches_run == []
+
+    run(cache=tmp_path, seed=1)
+    assert len(batches_run) == 4
+    assert len(list(tmp_path.glob("proxy-*.json"))) == 2
 
 
 def test_accuracy_score_needs_the_exact_estimate() -> None:
