@@ -209,6 +209,7 @@ def measure_importance(
     default_acts = {c.index: sorted(c.activations) for c in analysis.chains}
     merges = None if latency is None else fastest_merges(analysis, latency)
     merge_id = None if latency is None else _latency_digest(latency)
+    model_id = model_hash(model)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -219,7 +220,7 @@ def measure_importance(
                     analysis, keys, data, merges, score=score, images=images,
                     batch_size=batch_size or FISHER_BATCH, seed=seed, progress=progress,
                     cache=cache, identity={
-                        "model": model_hash(model), "merges": merge_id, "strided":
+                        "model": model_id, "merges": merge_id, "strided":
                         analysis.options["strided"], "entries": _keys_digest(keys),
                     },
                 )  # fmt: skip
@@ -265,7 +266,7 @@ def measure_importance(
     merge_fp = {} if merge_id is None else {"merges": merge_id}
     meta = {
         **meta,
-        "fingerprint": {**meta.get("fingerprint", {}), "model": model_hash(model), **merge_fp},
+        "fingerprint": {**meta.get("fingerprint", {}), "model": model_id, **merge_fp},
         "strided": analysis.options["strided"],
         "exclude": list(analysis.options["exclude"]),
         "exclude_zeros": exclude_zeros,
