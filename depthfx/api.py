@@ -76,9 +76,7 @@ def plan(
         span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
         prec = BUDGET_UNITS / span
     try:
-        with warnings.catch_warnings():  # DP2's S may lose to the merge DP's: it is not used
-            warnings.filterwarnings("ignore", message="DP2's merge positions differ")
-            solution = solve(latency, importance, budget=chain_budget, prec=prec)
+        solution = solve(latency, importance, budget=chain_budget, prec=prec, warn=False)
     except InfeasibleBudget as err:
         fastest = model_ms.predict(err.minimum)
         how = (

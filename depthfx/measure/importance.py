@@ -57,7 +57,7 @@ from depthfx.measure.fisher import (
     signature,
     with_values,
 )
-from depthfx.measure.proxy_checkpoint import ProxyCheckpoint, data_digest
+from depthfx.measure.proxy_checkpoint import ProxyCheckpoint
 from depthfx.measure.shared_regions import SharedRegions
 from depthfx.passes.fold_bn import fold_bn_modules
 from depthfx.passes.prepare import _prepare_chain, prepare
@@ -296,8 +296,17 @@ def _latency_digest(latency: LatencyTable) -> str:
 
 def model_hash(model: nn.Module) -> str:
     """SHA-256 (16 hex digits) of the model's state_dict: names, shapes and values."""
+    return _tensors_digest(model.state_dict().items())
+
+
+def data_digest(batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:
+    """What identifies the calibration data: every batch's values (and labels), in order."""
+    return _tensors_digest(("", t) for x, y in batches for t in (x, y) if t is not None)
+
+
+def _tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in named:
         h.update(name.encode())
         t = t.detach().cpu().contiguous()
         h.update(str((t.dtype, tuple(t.shape))).encode())

@@ -703,9 +703,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
         fastest = err.minimum
     plans: list[Plan] = []
     for k in range(n):
-        with warnings.catch_warnings():  # the plan takes the merge DP's S (solution_chains)
-            warnings.filterwarnings("ignore", message="DP2's merge positions differ")
-            solution = solve(table, imp, fastest + k / n * (original - fastest), prec=prec)
+        solution = solve(table, imp, fastest + k / n * (original - fastest), prec=prec, warn=False)
         plan = Plan(
             chains=solution_chains(analysis, solution),
             input_shapes=tuple(tuple(s) for s in analysis.example_shapes),

@@ -16,8 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from depthfx.io import atomic_write
 
 
@@ -41,15 +39,4 @@ class ProxyCheckpoint:
         atomic_write(self.path, json.dumps({"settings": self.settings, "state": state}) + "\n")
 
 
-def data_digest(batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:
-    """What identifies the calibration data: every batch's values (and labels), in order."""
-    h = hashlib.sha256()
-    for x, y in batches:
-        for t in (x, y) if y is not None else (x,):
-            t = t.detach().cpu().contiguous()
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-__all__ = ["ProxyCheckpoint", "data_digest"]
+__all__ = ["ProxyCheckpoint"]

@@ -382,14 +382,17 @@ def solve(
     importance: ImportanceTable | ExtendedImportanceTable,
     budget: float,
     prec: float = 20,
+    *,
+    warn: bool = True,
 ) -> Solution:
     """Maximise Σ I_ext under Σ⌊prec·T_opt⌋ ≤ int(prec·budget) (DP2, spec §4).
 
     ``budget`` is in the latency table's unit (ms for the paper's tables). Raw tables are
     turned into T_opt (DP1) and I_ext (DP3) first; with a raw latency table the result is
     cross-checked against :func:`optimal_merge_pattern` (``Solution.merge_check``, a warning
-    if it fails). Raises :class:`depthfx.InfeasibleBudget` (with the smallest feasible budget)
-    when no configuration fits, :class:`depthfx.TableError` when the tables do not match.
+    if it fails unless ``warn=False``: plans deploy the merge DP's S anyway). Raises
+    :class:`depthfx.InfeasibleBudget` (with the smallest feasible budget) when no configuration
+    fits, :class:`depthfx.TableError` when the tables do not match.
     """
     from depthfx.solver.tables import ImportanceTable, LatencyTable
 
@@ -421,7 +424,7 @@ def solve(
         return solution
     check = [optimal_merge_pattern(c.act_pos, raw, c.chain).merge_pos for c in solution.chains]
     ok = all(s == c.merge_pos for s, c in zip(check, solution.chains, strict=True))
-    if not ok:
+    if not ok and warn:
         warnings.warn(
             "DP2's merge positions differ from the merge-pattern DP on the raw latency table "
             f"(DP2: {[c.merge_pos for c in solution.chains]}, merge DP: {check})",
