@@ -180,9 +180,9 @@ def test_paired_ratios_cancel_drift_between_runs(
     fake, seen = _fake_runs(
         raw, lambda t: FIXED + SCALE * t, lambda run: [2.0] * 5 if run == 0 else [1.0] * 5
     )
-    # Three budgets, so that at least two distinct plans (two runs, two speeds) are calibrated
+    # Six budgets, so that at least two distinct plans (two runs, two speeds) are calibrated
     # whatever the real block timings: with one run there would be no drift to cancel.
-    table = _calibrated(net, x, own, monkeypatch, fake, calibration_plans=3)
+    table = _calibrated(net, x, own, monkeypatch, fake, calibration_plans=6)
     assert len(seen) >= 2
     cal = table.meta["calibration"]
     # The anchor is the pooled original (some blocks at 2×, the others at 1×): every point, and
