@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthfx.analysis import analyze
 from depthfx.data import load_dataset
 from depthfx.errors import DepthFXError
 from depthfx.measure.importance import entries_of, measure_importance
+from depthfx.passes.analyze import analyze
 from depthfx.solver import LatencyTable
 
 

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 import torchvision
 
-from depthfx.analysis import analyze
 from depthfx.api import plan as make_plan
 from depthfx.errors import InfeasibleBudget
 from depthfx.measure.latency import (
@@ -41,6 +40,7 @@ from depthfx.measure.latency import (
     describe_calibration,
     measure_latency_table,
 )
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report

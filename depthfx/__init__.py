@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 #: Public names imported on first access, so ``import depthfx`` stays cheap.
 _LAZY = {
     "export_onnx": "depthfx.export",
-    "analyze": "depthfx.analysis",
-    "Analysis": "depthfx.analysis",
+    "analyze": "depthfx.passes.analyze",
+    "Analysis": "depthfx.records",
     "register_leaf": "depthfx.patterns",
     "register_activation": "depthfx.patterns",
     "prepare": "depthfx.passes.prepare",

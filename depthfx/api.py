@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from depthfx.analysis import Analysis, analyze
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
 from depthfx.measure.latency import LatencyModel, latency_model
+from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
+from depthfx.records import Analysis
 from depthfx.solver import ImportanceTable, LatencyTable, Solution, solve
 
 #: Discretisation target: the chain budget spans about this many integer latency units.

@@ -20,7 +20,7 @@ from depthfx.errors import DepthFXError
 from depthfx.io import write_json
 
 if TYPE_CHECKING:
-    from depthfx.analysis import Analysis
+    from depthfx.records import Analysis
     from depthfx.solver.dp import Solution
 
 
@@ -121,21 +121,6 @@ class Plan:
     def load(cls, path: str | os.PathLike[str]) -> Plan:
         with open(path) as f:
             return cls.from_json(json.load(f))
-
-
-def close_residuals(merge: Iterable[int], residuals: Iterable[tuple[int, int]]) -> set[int]:
-    """S closed under the residual rule: a body (src, dst) cut anywhere strictly inside gets
-    both ends as boundaries (the original's skip bumps, spec §5.1). Position 0 is dropped."""
-    merge = set(merge) - {0}
-    residuals = list(residuals)
-    changed = True
-    while changed:
-        changed = False
-        for src, dst in residuals:
-            if any(src < p < dst for p in merge) and not {src, dst} <= merge | {0}:
-                merge |= {src, dst} - {0}
-                changed = True
-    return merge
 
 
 def sorted_positions(positions: Iterable[int]) -> tuple[int, ...]:

@@ -179,7 +179,6 @@ def sweep(
     """
     from tqdm.auto import tqdm
 
-    from depthfx.analysis import analyze
     from depthfx.api import compile as compile_model
     from depthfx.api import plan as make_plan
     from depthfx.backends.base import Fingerprint
@@ -187,6 +186,7 @@ def sweep(
     from depthfx.export import export_onnx
     from depthfx.finetune import evaluate
     from depthfx.measure.latency import check_table
+    from depthfx.passes.analyze import analyze
     from depthfx.passes.merge import count_convs
 
     if not budgets:

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from depthfx.analysis import Analysis, Chain, analyze
+from depthfx.passes.analyze import analyze
 from depthfx.plans import ChainPlan, Plan, chain_plan
+from depthfx.records import Analysis, Chain
 
 
 def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) -> ChainPlan:

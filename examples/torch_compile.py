@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from depthfx.analysis import analyze
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert, count_convs
 from depthfx.passes.prepare import prepare
 from depthfx.testing import random_plan

@@ -19,8 +19,9 @@ import torchvision
 from torch import nn
 
 import depthfx
-from depthfx.analysis import Analysis, analyze
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import count_convs
+from depthfx.records import Analysis
 from depthfx.solver import ImportanceTable, LatencyTable
 
 SHAPE = (1, 3, 64, 64)

@@ -10,9 +10,9 @@ import torchvision
 from torch import fx, nn
 from torch._dynamo import register_backend
 
-from depthfx.analysis import analyze
 from depthfx.dynamo import GraphBreakWarning
 from depthfx.errors import DepthFXError
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import chain_plan

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from depthfx.analysis import analyze
 from depthfx.models import load_model
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert, count_convs, group_mismatch
 from depthfx.passes.prepare import prepare
 from depthfx.testing import merge_everything_plan, original_plan, random_plan, randomize_bn

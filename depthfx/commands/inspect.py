@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from depthfx.analysis import analyze
+    from depthfx.passes.analyze import analyze
 
     model, example = load_model_and_input(args)
     analysis = analyze(

@@ -37,10 +37,10 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from depthfx.algebra import group_padding
-from depthfx.analysis import ActivationSlot, Chain, ConvInfo
 from depthfx.backends.onnx_blocks import ACTIVATIONS, conv_block_model
 from depthfx.errors import DepthFXError
 from depthfx.patterns import ACTIVATION_PARAMS
+from depthfx.records import ActivationSlot, Chain, ConvInfo
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from depthfx.analysis import Chain
 from depthfx.finetune import evaluate, finetune
 from depthfx.measure.importance import PAPER_COLUMNS
+from depthfx.records import Chain
 from depthfx.solver.tables import ExtKey
 
 

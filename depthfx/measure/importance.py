@@ -47,7 +47,6 @@ from torch import fx, nn
 from torch.fx._lazy_graph_module import _LazyGraphModule
 from torch.utils import _pytree as pytree
 
-from depthfx.analysis import Analysis, Chain, analyze
 from depthfx.errors import DepthFXError, TableError
 from depthfx.io import atomic_write
 from depthfx.measure.fisher import (
@@ -59,9 +58,11 @@ from depthfx.measure.fisher import (
 )
 from depthfx.measure.proxy_checkpoint import ProxyCheckpoint
 from depthfx.measure.shared_regions import SharedRegions
+from depthfx.passes.analyze import analyze
 from depthfx.passes.fold_bn import fold_bn_modules
 from depthfx.passes.prepare import _prepare_chain, prepare
 from depthfx.plans import Plan, chain_plan
+from depthfx.records import Analysis, Chain
 from depthfx.solver.dp import optimal_merge_pattern
 from depthfx.solver.tables import ExtKey, ImportanceTable, LatencyTable, Norm, _csv_text
 

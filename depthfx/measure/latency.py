@@ -83,8 +83,8 @@ from depthfx.measure.block_shapes import BlockSpec, ConvShape, block_spec
 from depthfx.measure.cache import TimingCache
 
 if TYPE_CHECKING:
-    from depthfx.analysis import Analysis
     from depthfx.plans import Plan
+    from depthfx.records import Analysis
     from depthfx.solver.tables import ImportanceTable, LatencyTable
 
 Key = tuple[int, int, int]
@@ -281,7 +281,7 @@ def measure_latency_table(
     """
     from tqdm.auto import tqdm
 
-    from depthfx.analysis import analyze
+    from depthfx.passes.analyze import analyze
     from depthfx.solver.tables import LatencyTable
 
     t_start = time.perf_counter()

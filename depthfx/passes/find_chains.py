@@ -13,7 +13,7 @@ to the fork. Anything else ends the chain: pooling, concat, split, gating, upsam
 transposed or non-2-d convs, norms that cannot be folded (a BN not directly after a conv
 included), reused conv/BN modules, a tensor with several other users, any other op.
 
-What it records: :class:`~depthfx.analysis.Chain` objects — conv geometry with effective
+What it records: :class:`~depthfx.records.Chain` objects — conv geometry with effective
 per-side padding, the BN to fold, every activation call site as its own slot, residuals,
 transparent (dropout-like) nodes, breaks and optional positions.
 
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from depthfx import patterns
-from depthfx.analysis import ActivationSlot, Chain, ConvInfo, Residual
 from depthfx.errors import DepthFXError
+from depthfx.records import ActivationSlot, Chain, ConvInfo, Residual
 
 
 @dataclass

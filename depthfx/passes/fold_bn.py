@@ -6,7 +6,7 @@ conv's output used by the BN only and the conv module called from that node only
 Rewrite: the conv's weight and bias become W·γ/σ and (b − μ)·γ/σ + β (computed in float64 by
 :func:`depthfx.algebra.fold_bn.fold_bn`, cast back to the conv's dtype); the BN module is
 replaced by ``nn.Identity``. The graph itself is unchanged, so every node keeps its name and an
-:class:`~depthfx.analysis.Analysis` of the graph still describes it (chains, BN node names,
+:class:`~depthfx.records.Analysis` of the graph still describes it (chains, BN node names,
 positions): ``prepare`` on the folded graph computes what it computes on the original.
 
 Why: the importance proxy runs thousands of small networks built from one private copy of the

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from depthfx.algebra import group_padding
-from depthfx.analysis import Analysis, Chain, ConvInfo, analyze
+from depthfx.passes.analyze import analyze
 from depthfx.plans import ChainPlan, Plan, PlanError
+from depthfx.records import Analysis, Chain, ConvInfo
 
 logger = logging.getLogger(__name__)
 

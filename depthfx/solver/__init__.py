@@ -1,6 +1,6 @@
 """Table-level two-stage DP of Kim et al. (ICML 2023): latency/importance tables and `solve`."""
 
-from depthfx.solver.blocks import extended_blocks, is_valid_block, valid_blocks
+from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.dp import (
     ChainSolution,
     MergePattern,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import depthfx
-from depthfx.analysis import analyze
 from depthfx.cli import main
 from depthfx.data import FASHION_MNIST_DIR, load_dataset
 from depthfx.models import load_model
+from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan
 from depthfx.solver import ImportanceTable
 

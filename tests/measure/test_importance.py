@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from importance_helpers import Tiny, digits, trained_tiny
 
 import depthfx
-from depthfx.analysis import analyze
 from depthfx.measure.importance import (
     build_network,
     entries_of,
@@ -21,6 +20,7 @@ from depthfx.measure.importance import (
     measure_importance,
     write_raw_csv,
 )
+from depthfx.passes.analyze import analyze
 from depthfx.passes.prepare import prepare
 from depthfx.solver import ImportanceTable
 

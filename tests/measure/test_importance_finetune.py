@@ -11,9 +11,9 @@ from importance_helpers import digits
 from torch import nn
 
 import depthfx.measure.experiments as experiments
-from depthfx.analysis import analyze
 from depthfx.measure.experiments import reinit_conv
 from depthfx.measure.importance import entries_of, measure_importance
+from depthfx.passes.analyze import analyze
 
 X1 = torch.zeros(1, 1, 8, 8)
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from importance_helpers import digits, trained_tiny
 
-from depthfx.analysis import Analysis, analyze
 from depthfx.errors import DepthFXError
 from depthfx.measure.importance import (
     build_network,
@@ -16,7 +15,9 @@ from depthfx.measure.importance import (
     fastest_merges,
     measure_importance,
 )
+from depthfx.passes.analyze import analyze
 from depthfx.passes.prepare import prepare
+from depthfx.records import Analysis
 from depthfx.solver import ImportanceTable, LatencyTable, solve
 from depthfx.solver.dp import optimal_merge_pattern
 

@@ -13,11 +13,11 @@ from torch import nn
 
 import depthfx.measure.latency as latency
 from depthfx.algebra import compose_all, from_conv
-from depthfx.analysis import analyze
 from depthfx.backends.base import get_backend
 from depthfx.errors import FingerprintMismatch, TableError
 from depthfx.measure.block_shapes import block_spec
 from depthfx.measure.cache import TimingCache
+from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan
 from depthfx.solver import LatencyTable
 

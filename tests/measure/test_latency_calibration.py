@@ -22,10 +22,10 @@ from latency_helpers import FAST
 from torch import nn
 
 import depthfx.measure.latency as latency
-from depthfx.analysis import analyze
 from depthfx.api import plan as make_plan
 from depthfx.backends.timing import Timing
 from depthfx.errors import InfeasibleBudget, TableError
+from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan
 from depthfx.solver import LatencyTable
 from depthfx.testing import random_plan

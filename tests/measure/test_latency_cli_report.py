@@ -14,9 +14,9 @@ from torch import nn
 
 import depthfx.cli
 import depthfx.commands.table
-from depthfx.analysis import analyze
 from depthfx.errors import FingerprintMismatch
 from depthfx.measure.latency import load_table
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report

@@ -10,10 +10,10 @@ import torch
 from importance_helpers import digits, trained_tiny
 from torch import fx, nn
 
-from depthfx.analysis import analyze
 from depthfx.measure.fisher import Region, RegionFinder, with_values
 from depthfx.measure.importance import _fast_copy, build_network, entries_of, entry_plan
 from depthfx.measure.shared_regions import SharedRegions
+from depthfx.passes.analyze import analyze
 from depthfx.testing import InvertedResidual, randomize_bn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

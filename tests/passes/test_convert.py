@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import fx, nn
 
-from depthfx.analysis import analyze
 from depthfx.errors import MergeMismatch
 from depthfx.models import load_model
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert, count_convs
 from depthfx.passes.prepare import PREPARED_ATTR, crop_like, prepare, shift
 from depthfx.plans import PlanError

@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 
 import depthfx
-from depthfx.analysis import Analysis, Chain, analyze
+from depthfx.passes.analyze import analyze
+from depthfx.records import Analysis, Chain
 
 X = torch.randn(1, 4, 12, 12)
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthfx.analysis import analyze
 from depthfx.models import load_model
+from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import PlanError, chain_plan

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import depthfx
-from depthfx.analysis import analyze
+from depthfx.passes.analyze import analyze
 from depthfx.solver import ImportanceTable, LatencyTable, solve
 from depthfx.testing import TinyResidual
 

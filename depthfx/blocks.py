@@ -1,5 +1,5 @@
-"""Valid blocks and extended blocks of a chain (spec §2.1 and §3.1), shared by the solver and
-the graph analysis.
+"""Valid blocks, extended blocks and the residual rule of a chain (spec §2.1, §3.1, §5.1): the
+combinatorics shared by the chain records, the solver and the plans.
 
 A *block* (i, j) merges convs i+1 … j of a chain of L convs into one conv. It is valid iff it
 straddles no forced break and does not partly overlap a residual body (s, t): it may contain
@@ -73,3 +73,18 @@ def extended_blocks(
             if not (exclude_zeros and a == 0 and b == 0)
         )
     return out
+
+
+def close_residuals(merge: Iterable[int], residuals: Iterable[tuple[int, int]]) -> set[int]:
+    """S closed under the residual rule: a body (src, dst) cut anywhere strictly inside gets
+    both ends as boundaries (the original's skip bumps, spec §5.1). Position 0 is dropped."""
+    merge = set(merge) - {0}
+    residuals = list(residuals)
+    changed = True
+    while changed:
+        changed = False
+        for src, dst in residuals:
+            if any(src < p < dst for p in merge) and not {src, dst} <= merge | {0}:
+                merge |= {src, dst} - {0}
+                changed = True
+    return merge

@@ -1,4 +1,5 @@
-"""The result of graph analysis: conv chains, their positions, activation slots and residuals.
+"""The chain records, the result of graph analysis: conv chains, their positions, activation
+slots and residuals.
 
 Every later stage works on these records: the solver reads block structure (valid and
 extended blocks), the latency/importance tables read conv shapes, ``prepare`` rewrites
@@ -16,11 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from torch import fx, nn
 
-from depthfx.plans import close_residuals
-from depthfx.solver.blocks import Block, ExtendedBlock, extended_blocks, valid_blocks
+from depthfx.blocks import Block, ExtendedBlock, close_residuals, extended_blocks, valid_blocks
 
 Pair = tuple[int, int]
 Strided = Literal["general", "paper"]
@@ -260,14 +259,6 @@ class Analysis:
     example_shapes: list[tuple[int, ...]]
     options: dict[str, Any]
 
-    def chain_of(self, conv: str) -> tuple[Chain, int]:
-        """The chain holding a conv (module or node name) and the conv's position in it."""
-        for chain in self.chains:
-            for p, c in enumerate(chain.convs, 1):
-                if conv in (c.module, c.node):
-                    return chain, p
-        raise KeyError(f"{conv!r} is in no chain")
-
     def to_json(self) -> dict[str, Any]:
         return {
             "chains": [c.to_json() for c in self.chains],
@@ -283,41 +274,3 @@ class Analysis:
             f"strided={self.options['strided']}"
         )
         return "\n\n".join([head, *(str(c) for c in self.chains)])
-
-
-def analyze(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    *,
-    strided: Strided = "general",
-    exclude: Sequence[str] = (),
-    min_convs: int = 1,
-    training: bool | None = None,
-) -> Analysis:
-    """Capture ``model`` and find its conv chains.
-
-    ``strided="general"``: strided convs merge like any other (the merge composes them
-    exactly); ``"paper"``: the original's rule, a break right after every strided conv.
-    ``exclude``: conv module or node names kept out of every chain (barriers), e.g.
-    ``("features.0.0", "features.18.0")`` gives the paper's 50-conv MobileNetV2 chain.
-    Chains with fewer than ``min_convs`` convs are dropped.
-    """
-    from depthfx.passes.capture import capture
-    from depthfx.passes.find_chains import find_chains
-
-    if strided not in ("general", "paper"):
-        raise ValueError(f"strided must be 'general' or 'paper', not {strided!r}")
-    gm = capture(model, example_inputs, training=training)
-    chains = find_chains(gm, strided=strided, exclude=exclude, min_convs=min_convs)
-    inputs = [example_inputs] if isinstance(example_inputs, torch.Tensor) else example_inputs
-    return Analysis(
-        graph_module=gm,
-        chains=chains,
-        example_shapes=[tuple(x.shape) for x in inputs],
-        options={
-            "strided": strided,
-            "exclude": tuple(exclude),
-            "min_convs": min_convs,
-            "training": gm.meta["depthfx_training"],
-        },
-    )
