@@ -153,6 +153,7 @@ def compile(
     """
     from depthfx.passes.merge import convert, count_convs
     from depthfx.passes.prepare import prepare
+    from depthfx.passes.verify import compare_outputs
 
     if example_inputs is None:
         raise DepthFXError("compile needs example_inputs (a tensor or a tuple of tensors)")
@@ -161,7 +162,7 @@ def compile(
     _warn_finetuning()
     prepared = prepare(model, chosen, inputs)
     merged = convert(prepared, chosen, inputs)
-    abs_err, rel_err = _max_errors(prepared, merged, inputs)
+    errors = compare_outputs(prepared, merged, inputs, check=False)
     original = analyze(model, inputs, strided=chosen.strided, exclude=chosen.exclude)
     merged.depthfx_plan = chosen
     merged.depthfx_report = CompileReport(
@@ -170,8 +171,8 @@ def compile(
         activations_before=_activation_count(original),
         activations_after=sum(len(c.act_pos) for c in chosen.chains)
         + _activations_outside_plan(original, chosen),
-        max_abs_error=abs_err,
-        max_rel_error=rel_err,
+        max_abs_error=errors.max_abs,
+        max_rel_error=errors.max_rel,
         predicted_ms=chosen.predicted_ms,
         budget_ms=chosen.budget_ms,
     )
@@ -237,20 +238,6 @@ def _warn_finetuning() -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _max_errors(
-    reference: nn.Module, merged: nn.Module, inputs: tuple[torch.Tensor, ...]
-) -> tuple[float, float]:
-    from torch.utils._pytree import tree_leaves
-
-    reference.eval()
-    with torch.no_grad():
-        pairs = zip(tree_leaves(reference(*inputs)), tree_leaves(merged(*inputs)), strict=True)
-        errors = [((a - b).abs().max().item(), a.abs().max().item()) for a, b in pairs]
-    abs_err = max(e for e, _ in errors)
-    rel_err = max(e / s if s else e for e, s in errors)
-    return abs_err, rel_err
 
 
 def _activation_count(analysis: Analysis) -> int:

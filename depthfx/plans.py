@@ -84,6 +84,19 @@ class Plan:
     objective: float | None = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_analysis(cls, analysis: Analysis, chains: Sequence[ChainPlan], **fields: Any) -> Plan:
+        """A plan over ``chains`` that records how ``analysis`` was made (input shapes, stride
+        rule, excluded convs), so that ``prepare`` re-captures the model the same way.
+        ``fields``: the remaining Plan fields (budget, prediction, fingerprints)."""
+        return cls(
+            chains=tuple(chains),
+            input_shapes=tuple(tuple(s) for s in analysis.example_shapes),
+            strided=analysis.options["strided"],
+            exclude=tuple(analysis.options["exclude"]),
+            **fields,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -34,7 +34,9 @@ def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) 
 def random_plan(analysis: Analysis, seed: int, keep_prob: float = 0.5) -> Plan:
     """A random valid Plan over every chain of ``analysis`` (reproducible from ``seed``)."""
     rng = random.Random(seed)
-    return plan_for(analysis, [random_chain_plan(c, rng, keep_prob) for c in analysis.chains])
+    return Plan.for_analysis(
+        analysis, [random_chain_plan(c, rng, keep_prob) for c in analysis.chains]
+    )
 
 
 def merge_everything_plan(analysis: Analysis) -> Plan:
@@ -45,7 +47,7 @@ def merge_everything_plan(analysis: Analysis) -> Plan:
         act = {length} if length in chain.activations else set()
         merge = set(chain.breaks) | act | {length}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
-    return plan_for(analysis, chains)
+    return Plan.for_analysis(analysis, chains)
 
 
 def original_plan(analysis: Analysis) -> Plan:
@@ -55,17 +57,7 @@ def original_plan(analysis: Analysis) -> Plan:
         act = set(chain.activations)
         merge = act | set(chain.breaks) | {chain.num_convs}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
-    return plan_for(analysis, chains)
-
-
-def plan_for(analysis: Analysis, chains: list[ChainPlan]) -> Plan:
-    """Wrap chain plans into a Plan that records how ``analysis`` was made."""
-    return Plan(
-        chains=tuple(chains),
-        input_shapes=tuple(tuple(s) for s in analysis.example_shapes),
-        strided=analysis.options["strided"],
-        exclude=tuple(analysis.options["exclude"]),
-    )
+    return Plan.for_analysis(analysis, chains)
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -134,4 +126,4 @@ def single_chain_plan(
     if len(analysis.chains) != 1:
         raise ValueError(f"the model has {len(analysis.chains)} chains, not one")
     (chain,) = analysis.chains
-    return plan_for(analysis, [chain_plan([c.node for c in chain.convs], act, merge)])
+    return Plan.for_analysis(analysis, [chain_plan([c.node for c in chain.convs], act, merge)])

@@ -15,8 +15,8 @@ from depthfx.errors import DepthFXError
 from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
-from depthfx.plans import chain_plan
-from depthfx.testing import plan_for, random_plan
+from depthfx.plans import Plan, chain_plan
+from depthfx.testing import random_plan
 
 # Same tolerance as convert's own check (depthfx.algebra.check): float32 round-off of the merged
 # kernels, scaled by the largest output magnitude.
@@ -114,7 +114,7 @@ def _net_plan(model: nn.Module, x: torch.Tensor):
     chains = {tuple(c.node for c in chain.convs): chain for chain in analysis.chains}
     stem = chains[("stem1", "stem2")]
     block = chains[("block_conv1", "block_conv2")]
-    return plan_for(
+    return Plan.for_analysis(
         analysis,
         [
             chain_plan([c.node for c in stem.convs], [], [2]),

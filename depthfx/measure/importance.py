@@ -133,12 +133,7 @@ def entry_plan(analysis: Analysis, key: ExtKey | None, merges: MergeRule | None 
         groups = act if merges is None else merges(chain.index, frozenset(act))
         merge = groups | set(chain.breaks) | {chain.num_convs}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
-    return Plan(
-        chains=tuple(chains),
-        input_shapes=tuple(tuple(s) for s in analysis.example_shapes),
-        strided=analysis.options["strided"],
-        exclude=tuple(analysis.options["exclude"]),
-    )
+    return Plan.for_analysis(analysis, chains)
 
 
 # ----------------------------------------------------------------------------- public entry

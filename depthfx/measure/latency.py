@@ -704,12 +704,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
     plans: list[Plan] = []
     for k in range(n):
         solution = solve(table, imp, fastest + k / n * (original - fastest), prec=prec, warn=False)
-        plan = Plan(
-            chains=solution_chains(analysis, solution),
-            input_shapes=tuple(tuple(s) for s in analysis.example_shapes),
-            strided=analysis.options["strided"],
-            exclude=tuple(analysis.options["exclude"]),
-        )
+        plan = Plan.for_analysis(analysis, solution_chains(analysis, solution))
         if plan not in plans:
             plans.append(plan)
     return plans

@@ -28,12 +28,10 @@ from dataclasses import replace
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from depthfx.algebra import (
     AffineConv,
-    check_close,
     compose,
     fold_bn,
     fold_bn_tensors,
@@ -44,6 +42,7 @@ from depthfx.algebra import (
 )
 from depthfx.errors import MergeMismatch
 from depthfx.passes.prepare import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
+from depthfx.passes.verify import compare_outputs, group_mismatch
 from depthfx.plans import Plan, PlanError
 
 logger = logging.getLogger(__name__)
@@ -92,31 +91,10 @@ def convert(
     if check:
         inputs = _inputs(info, example_inputs)
         try:
-            verify(prepared, merged, inputs, rtol=rtol, atol=atol)
+            compare_outputs(prepared, merged, inputs, rtol=rtol, atol=atol)
         except MergeMismatch as err:
             raise group_mismatch(prepared, merged, inputs, rtol=rtol, atol=atol) or err from err
     return merged
-
-
-def verify(
-    reference: nn.Module,
-    merged: nn.Module,
-    example_inputs: Sequence[torch.Tensor],
-    *,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
-) -> None:
-    """Run both networks in eval mode and raise MergeMismatch if any output differs."""
-    was_training = reference.training
-    reference.eval()
-    try:
-        with torch.no_grad():
-            expected = tree_leaves(reference(*example_inputs))
-            actual = tree_leaves(merged(*example_inputs))
-    finally:
-        reference.train(was_training)
-    for k, (want, got) in enumerate(zip(expected, actual, strict=True)):
-        check_close(want, got, group=f"network output {k}", rtol=rtol, atol=atol)
 
 
 def count_convs(module: nn.Module) -> int:
@@ -140,15 +118,6 @@ def _inputs(
     return tuple(torch.randn(shape, generator=generator) for shape in info.example_shapes)
 
 
-def _group_name(record: GroupRecord) -> str:
-    return f"depthfx_merged_{record.chain}_{record.start}_{record.end}"
-
-
-def _describe(record: GroupRecord) -> str:
-    first, last = record.convs[0].module, record.convs[-1].module
-    return f"group {record.start}->{record.end} of chain {record.chain} ({first} … {last})"
-
-
 def _check_size(gm: fx.GraphModule, record: GroupRecord, limit: int) -> None:
     """Raise PlanError when the group's dense float64 kernel would exceed ``limit`` bytes."""
     size, scale = [1, 1], [1, 1]
@@ -164,59 +133,11 @@ def _check_size(gm: fx.GraphModule, record: GroupRecord, limit: int) -> None:
     nbytes = 8 * last.out_channels * first.in_channels * size[0] * size[1]
     if nbytes > limit:
         raise PlanError(
-            f"{_describe(record)} merges into a {size[0]}×{size[1]} kernel with "
+            f"{record.describe()} merges into a {size[0]}×{size[1]} kernel with "
             f"{last.out_channels}×{first.in_channels} channels ({nbytes / 2**30:.1f} GiB in "
             f"float64, limit {limit / 2**30:.1f} GiB): cut it with more merge boundaries, or "
             "raise max_kernel_bytes"
         )
-
-
-def group_mismatch(
-    prepared: fx.GraphModule,
-    merged: fx.GraphModule,
-    inputs: Sequence[torch.Tensor],
-    *,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
-) -> MergeMismatch | None:
-    """The mismatch of the first group whose merged modules, fed the prepared network's own
-    group input (eval mode), do not reproduce its group output; None if every group does.
-
-    Checks each merged conv on its own, before any activation that could hide an error by
-    saturating.
-    """
-    info: PreparedInfo = getattr(prepared, PREPARED_ATTR)
-    values: dict[str, torch.Tensor] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> object:
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                values[n.name] = out.clone()  # a later in-place activation would overwrite it
-            return out
-
-    was_training = prepared.training
-    prepared.eval()
-    try:
-        with torch.no_grad():
-            Recorder(prepared).run(*inputs)
-            for record in info.groups:
-                prefix = _group_name(record)
-                if not hasattr(merged, f"{prefix}_conv"):
-                    continue
-                x = values[record.input]
-                if hasattr(merged, f"{prefix}_pad"):
-                    x = getattr(merged, f"{prefix}_pad")(x)
-                got = getattr(merged, f"{prefix}_conv")(x)
-                try:
-                    check_close(
-                        values[record.output], got, group=_describe(record), rtol=rtol, atol=atol
-                    )
-                except MergeMismatch as err:
-                    return err
-    finally:
-        prepared.train(was_training)
-    return None
 
 
 def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx.Node]) -> None:
@@ -231,7 +152,7 @@ def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx
         )
     dtype = gm.get_submodule(record.convs[0].module).weight.dtype
     pad, conv = to_modules(affine, dtype)
-    prefix = _group_name(record)
+    prefix = record.name
     graph = gm.graph
     output = nodes[record.output]
     new_nodes: list[fx.Node] = []
@@ -247,7 +168,7 @@ def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx
         anchor = x
     output.replace_all_uses_with(x, delete_user_cb=lambda user: user not in new_nodes)
     replaced[record.output] = x
-    logger.debug("%s merged into %s", _describe(record), tuple(conv.weight.shape))
+    logger.debug("%s merged into %s", record.describe(), tuple(conv.weight.shape))
 
 
 def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:

@@ -96,6 +96,15 @@ class GroupRecord:
     convs: tuple[ConvStep, ...]
     residuals: tuple[ResidualStep, ...]
 
+    @property
+    def name(self) -> str:
+        """Prefix of the merged modules ``convert`` registers for this group."""
+        return f"depthfx_merged_{self.chain}_{self.start}_{self.end}"
+
+    def describe(self) -> str:
+        first, last = self.convs[0].module, self.convs[-1].module
+        return f"group {self.start}->{self.end} of chain {self.chain} ({first} … {last})"
+
 
 @dataclass(frozen=True)
 class PreparedInfo:

@@ -98,12 +98,11 @@ def test_plan_groups_match_prepare_convert(net: nn.Module, x: torch.Tensor) -> N
     from depthfx.passes.merge import convert
     from depthfx.passes.prepare import prepare
     from depthfx.plans import chain_plan
-    from depthfx.testing import plan_for
 
     analysis = analyze(net, (x,))
     (chain,) = analysis.chains
     for merge in ({4, 6}, {1, 2, 4, 6}, {6}):
-        plan = plan_for(analysis, [chain_plan([c.node for c in chain.convs], {6}, merge)])
+        plan = Plan.for_analysis(analysis, [chain_plan([c.node for c in chain.convs], {6}, merge)])
         merged = convert(prepare(net, plan, (x,)), plan, (x,))
         convs = [m for m in merged.modules() if isinstance(m, nn.Conv2d)]
         groups = plan.chains[0].groups()

@@ -13,10 +13,9 @@ from depthfx.models import load_model
 from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
-from depthfx.plans import PlanError, chain_plan
+from depthfx.plans import Plan, PlanError, chain_plan
 from depthfx.testing import (
     TinyResidual,
-    plan_for,
     random_plan,
     randomize_bn,
     single_chain_plan,
@@ -70,7 +69,7 @@ def test_activation_inserted_at_a_linear_position() -> None:
     p = min(chain.optional)  # the end of the first inverted residual: linear in the original
     act = set(chain.activations) | {p}
     cplan = chain_plan([c.node for c in chain.convs], act, set(range(1, chain.num_convs + 1)))
-    prepared = prepare(model, plan_for(analysis, [cplan]), (x,))
+    prepared = prepare(model, Plan.for_analysis(analysis, [cplan]), (x,))
     inserted = prepared.get_submodule(f"depthfx_act_0_{p}")
     assert type(inserted) is type(chain.activations[1].template)
     users = [n for n in prepared.graph.nodes if n.target == f"depthfx_act_0_{p}"]
@@ -86,7 +85,7 @@ def test_removing_one_call_site_of_a_shared_module() -> None:
     cplan = chain_plan([c.node for c in chain.convs], act, set(range(1, chain.num_convs + 1)))
     stem = analysis.chains[0]
     splan = chain_plan([c.node for c in stem.convs], set(stem.activations), {1})
-    prepared = prepare(model, plan_for(analysis, [splan, cplan]), (x,))
+    prepared = prepare(model, Plan.for_analysis(analysis, [splan, cplan]), (x,))
     calls = [n for n in prepared.graph.nodes if n.target == "layer1.0.relu"]
     assert len(calls) == 1
 
