@@ -22,10 +22,9 @@ from depthfx.measure.latency import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis
-from depthfx.solver import ImportanceTable, LatencyTable, Solution, solve
+from depthfx.solver import BUDGET_UNITS, ImportanceTable, LatencyTable, Solution, solve
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
-BUDGET_UNITS = 2000
 
 _warned_about_finetuning = False
 

@@ -16,24 +16,24 @@ Block = tuple[int, int]
 ExtendedBlock = tuple[int, int, int, int]
 
 
-def is_valid_block(i: int, j: int, breaks: Iterable[int], residuals: Iterable[Block]) -> bool:
-    """Spec §2.1 rule: no break strictly inside (i, j), no partial overlap with a residual."""
-    if any(i < b < j for b in breaks):
+def is_valid_block(i: int, j: int, barriers: Iterable[int], residuals: Iterable[Block]) -> bool:
+    """Spec §2.1 rule: no barrier strictly inside (i, j), no partial overlap with a residual."""
+    if any(i < b < j for b in barriers):
         return False
     return not any(i < s < j < t or s < i < t < j for s, t in residuals)
 
 
 def valid_blocks(
-    num_convs: int, breaks: Iterable[int] = (), residuals: Iterable[Block] = ()
+    num_convs: int, barriers: Iterable[int] = (), residuals: Iterable[Block] = ()
 ) -> list[Block]:
     """All valid blocks of a chain of ``num_convs`` convs, in lexicographic (st, end) order."""
-    breaks = sorted(set(breaks))
+    barriers = sorted(set(barriers))
     residuals = list(residuals)
     return [
         (i, j)
         for i in range(num_convs)
         for j in range(i + 1, num_convs + 1)
-        if is_valid_block(i, j, breaks, residuals)
+        if is_valid_block(i, j, barriers, residuals)
     ]
 
 
@@ -42,29 +42,29 @@ def extended_blocks(
     optional: Iterable[int],
     *,
     exclude_zeros: bool = True,
-    fixed: Mapping[int, int] | None = None,
+    pinned: Mapping[int, int] | None = None,
 ) -> list[ExtendedBlock]:
     """Extended blocks (st, end, st_act, end_act) in the original's order (spec §3.1).
 
     ``optional`` are the positions that are linear in the original network (the paper's
     ``blk_pos``): only there may a DP block end lack an activation. With ``exclude_zeros``
-    (the paper's setting) a block never lacks activations at both ends. ``fixed`` forces the
+    (the paper's setting) a block never lacks activations at both ends. ``pinned`` forces the
     flag at some positions (a chain's true end keeps the original's activation). Position 0
     always carries flag 1. Within one (st, end) the flags come as (1,1), (1,0), (0,1), (0,0).
     """
     optional = set(optional)
-    fixed = dict(fixed or {})
+    pinned = dict(pinned or {})
 
     def choices(p: int, free: bool) -> tuple[int, ...]:
         if p == 0:
             return (1,)
-        if p in fixed:
-            return (fixed[p],)
+        if p in pinned:
+            return (pinned[p],)
         return (1, 0) if free else (1,)
 
     out: list[ExtendedBlock] = []
     for st, end in blocks:
-        st_free = st != 0 and st in optional and st not in fixed
+        st_free = st != 0 and st in optional and st not in pinned
         end_free = end in optional and (not exclude_zeros or (st != 0 and not st_free))
         out.extend(
             (st, end, a, b)

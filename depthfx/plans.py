@@ -47,10 +47,10 @@ class ChainPlan:
 
     def validate(
         self,
-        breaks: Iterable[int] = (),
+        barriers: Iterable[int] = (),
         residuals: Iterable[tuple[int, int]] = (),
     ) -> None:
-        """Raise PlanError unless A ⊆ S, L ∈ S, breaks ⊆ S and every residual body is either
+        """Raise PlanError unless A ⊆ S, L ∈ S, barriers ⊆ S and every residual body is either
         wholly inside one group or has both ends in S (spec §1.2)."""
         a, s, length = set(self.act_pos), set(self.merge_pos), self.num_convs
         where = f"chain starting at {self.convs[0]!r}" if self.convs else "empty chain"
@@ -60,8 +60,8 @@ class ChainPlan:
             raise PlanError(f"{where}: kept activations {sorted(a - s)} are not merge boundaries")
         if length not in s:
             raise PlanError(f"{where}: the chain end {length} must be a merge boundary")
-        if missing := sorted(set(breaks) - s - {0}):
-            raise PlanError(f"{where}: forced breaks {missing} are not merge boundaries")
+        if missing := sorted(set(barriers) - s - {0}):
+            raise PlanError(f"{where}: barriers {missing} are not merge boundaries")
         for src, dst in residuals:
             inside = [p for p in s if src < p < dst]
             if inside and not (src in s | {0} and dst in s):

@@ -122,7 +122,7 @@ class Residual:
 class Chain:
     """A maximal run conv → [BN] → [act] → conv … with only residual branching.
 
-    ``breaks``: positions no merged block may straddle. ``optional``: positions linear in the
+    ``barriers``: positions no merged block may straddle. ``optional``: positions linear in the
     original (they may receive an activation). ``position_nodes[p]``: the fx node holding
     position p's value (the last node of the position). ``transparent[p]``: dropout-like
     nodes (identity in eval) inside position p. ``free_end``: the chain ends at an excluded
@@ -134,7 +134,7 @@ class Chain:
     convs: list[ConvInfo]
     activations: dict[int, ActivationSlot]
     residuals: list[Residual]
-    breaks: frozenset[int]
+    barriers: frozenset[int]
     optional: frozenset[int]
     input_node: str
     position_nodes: list[str]
@@ -157,7 +157,7 @@ class Chain:
         return {r.src: r.dst for r in self.residuals}
 
     @property
-    def fixed(self) -> dict[int, int]:
+    def pinned_flags(self) -> dict[int, int]:
         """Activation flags the solver may not change: the chain's true end keeps its own."""
         last = self.num_convs
         return {} if self.free_end else {last: int(last in self.activations)}
@@ -171,11 +171,14 @@ class Chain:
         return close_residuals(merge, [(r.src, r.dst) for r in self.residuals])
 
     def valid_blocks(self) -> list[Block]:
-        return valid_blocks(self.num_convs, self.breaks, [(r.src, r.dst) for r in self.residuals])
+        return valid_blocks(self.num_convs, self.barriers, [(r.src, r.dst) for r in self.residuals])
 
     def extended_blocks(self, exclude_zeros: bool = True) -> list[ExtendedBlock]:
         return extended_blocks(
-            self.valid_blocks(), self.optional, exclude_zeros=exclude_zeros, fixed=self.fixed
+            self.valid_blocks(),
+            self.optional,
+            exclude_zeros=exclude_zeros,
+            pinned=self.pinned_flags,
         )
 
     def activation_for(self, p: int) -> ActivationSlot | None:
@@ -215,7 +218,7 @@ class Chain:
                 for c in self.convs
             ],
             "activation_ops": {str(p): s.op for p, s in sorted(self.activations.items())},
-            "breaks": sorted(self.breaks),
+            "barriers": sorted(self.barriers),
             "optional": sorted(self.optional),
             "end": self.end_reason,
         }
@@ -236,7 +239,7 @@ class Chain:
                 act += " (opt)"
             r = residual_at.get(p)
             res = f"{r.src}->{p} {r.kind}" if r else ""
-            mark = "| break" if p in self.breaks else ""
+            mark = "| break" if p in self.barriers else ""
             rows.append(
                 (str(p), c.module, shape, _fmt(c.kernel, "x"), _fmt(c.stride, ","), str(c.groups),
                  act, res, mark)

@@ -18,7 +18,7 @@ def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) 
     """A random valid (A, S) for one chain.
 
     Every original activation and every optional position is kept with ``keep_prob``; the
-    chain end keeps its original flag. S ⊇ A ∪ breaks ∪ {L}, plus random extra boundaries, then
+    chain end keeps its original flag. S ⊇ A ∪ barriers ∪ {L}, plus random extra boundaries, then
     closed under the residual rule (a body cut anywhere inside gets both ends in S).
     """
     length = chain.num_convs
@@ -26,7 +26,7 @@ def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) 
     act = {p for p in candidates if 0 < p < length and rng.random() < keep_prob}
     if length in chain.activations:
         act.add(length)
-    merge = act | set(chain.breaks) | {length}
+    merge = act | set(chain.barriers) | {length}
     merge |= {p for p in range(1, length) if rng.random() < keep_prob / 2}
     return chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge))
 
@@ -45,17 +45,17 @@ def merge_everything_plan(analysis: Analysis) -> Plan:
     for chain in analysis.chains:
         length = chain.num_convs
         act = {length} if length in chain.activations else set()
-        merge = set(chain.breaks) | act | {length}
+        merge = set(chain.barriers) | act | {length}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return Plan.for_analysis(analysis, chains)
 
 
 def original_plan(analysis: Analysis) -> Plan:
-    """The original activation pattern with S = A ∪ breaks (merges only linear neighbours)."""
+    """The original activation pattern with S = A ∪ barriers (merges only linear neighbours)."""
     chains = []
     for chain in analysis.chains:
         act = set(chain.activations)
-        merge = act | set(chain.breaks) | {chain.num_convs}
+        merge = act | set(chain.barriers) | {chain.num_convs}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return Plan.for_analysis(analysis, chains)
 

@@ -19,7 +19,7 @@ from torch import fx, nn
 from depthfx.finetune import evaluate, finetune
 from depthfx.measure.importance import PAPER_COLUMNS
 from depthfx.records import Chain
-from depthfx.solver.tables import ExtKey
+from depthfx.solver.tables import ImportanceKey
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Experiment:
     columns: tuple[str, ...]
     score: str
     base: Callable[[fx.GraphModule], dict[str, Any]]
-    run: Callable[[fx.GraphModule, Chain, ExtKey, dict[str, Any]], list[float]]
+    run: Callable[[fx.GraphModule, Chain, ImportanceKey, dict[str, Any]], list[float]]
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +74,9 @@ def finetune_experiment(
         return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                 "val_acc": val_acc}  # fmt: skip
 
-    def run(net: fx.GraphModule, chain: Chain, key: ExtKey, base: dict[str, Any]) -> list[float]:
+    def run(
+        net: fx.GraphModule, chain: Chain, key: ImportanceKey, base: dict[str, Any]
+    ) -> list[float]:
         _, st, end, _, _ = key
         if end == st + 1:
             reinit_conv(net, chain, end)
@@ -104,7 +106,9 @@ def callable_experiment(fn: Callable[[fx.GraphModule], float]) -> Experiment:
     def base(net: fx.GraphModule) -> dict[str, Any]:
         return {}
 
-    def run(net: fx.GraphModule, chain: Chain, key: ExtKey, ref: dict[str, Any]) -> list[float]:
+    def run(
+        net: fx.GraphModule, chain: Chain, key: ImportanceKey, ref: dict[str, Any]
+    ) -> list[float]:
         return [float(fn(net))]
 
     name = getattr(fn, "__qualname__", type(fn).__name__)

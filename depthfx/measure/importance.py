@@ -2,7 +2,7 @@
 
 Three ways to score an entry, all on "the network with that block merged": the model prepared
 as the paper's ``fix_act(new_A)`` (spec §3.2), A = (default \\ {p : st < p < end}) ∪ ({st} if
-st_act) ∪ ({end} if end_act) and S = A ∪ forced breaks (closed under the residual rule), every
+st_act) ∪ ({end} if end_act) and S = A ∪ barriers (closed under the residual rule), every
 other chain keeping its original pattern. The reference is the base network, the original
 pattern prepared the same way (spec §3.2 step 1; for the usual models it is the original network
 bit for bit), so an entry that changes no activation scores exactly 0. (S = A ∪ {st, end} would
@@ -60,11 +60,11 @@ from depthfx.measure.proxy_checkpoint import ProxyCheckpoint
 from depthfx.measure.shared_regions import SharedRegions
 from depthfx.passes.analyze import analyze
 from depthfx.passes.fold_bn import fold_bn_modules
-from depthfx.passes.prepare import _prepare_chain, prepare
+from depthfx.passes.prepare import prepare, rewrite_chain
 from depthfx.plans import Plan, chain_plan
 from depthfx.records import Analysis, Chain
 from depthfx.solver.dp import optimal_merge_pattern
-from depthfx.solver.tables import ExtKey, ImportanceTable, LatencyTable, Norm, _csv_text
+from depthfx.solver.tables import ImportanceKey, ImportanceTable, LatencyTable, Norm, _csv_text
 
 Method = str | Callable[[fx.GraphModule], float]
 PathLike = str | os.PathLike[str]
@@ -82,7 +82,7 @@ PAPER_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")
 # ----------------------------------------------------------------------------- entries, plans
 
 
-def entries_of(analysis: Analysis, exclude_zeros: bool = True) -> list[ExtKey]:
+def entries_of(analysis: Analysis, exclude_zeros: bool = True) -> list[ImportanceKey]:
     """Every extended block of every chain, keyed (chain, st, end, st_act, end_act), in the
     solver's order."""
     return [
@@ -116,7 +116,9 @@ def fastest_merges(analysis: Analysis, latency: LatencyTable) -> MergeRule:
     return merges
 
 
-def entry_plan(analysis: Analysis, key: ExtKey | None, merges: MergeRule | None = None) -> Plan:
+def entry_plan(
+    analysis: Analysis, key: ImportanceKey | None, merges: MergeRule | None = None
+) -> Plan:
     """The plan of one entry's network (``key=None``: the base network, original pattern).
 
     Merge groups: S = A, the paper's ``fix_act(new_A)`` (spec §3.2), unless ``merges`` gives S
@@ -131,7 +133,7 @@ def entry_plan(analysis: Analysis, key: ExtKey | None, merges: MergeRule | None 
             act |= ({st} if st_act else set()) | ({end} if end_act else set())
             act.discard(0)
         groups = act if merges is None else merges(chain.index, frozenset(act))
-        merge = groups | set(chain.breaks) | {chain.num_convs}
+        merge = groups | set(chain.barriers) | {chain.num_convs}
         chains.append(chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge)))
     return Plan.for_analysis(analysis, chains)
 
@@ -280,7 +282,7 @@ def measure_importance(
     )
 
 
-def _keys_digest(keys: list[ExtKey]) -> str:
+def _keys_digest(keys: list[ImportanceKey]) -> str:
     return hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
 
 
@@ -403,8 +405,8 @@ def build_network(analysis: Analysis, plan: Plan) -> fx.GraphModule:
                 )
     nodes = {n.name: n for n in gm.graph.nodes}
     for index, (chain, cplan) in enumerate(zip(analysis.chains, plan.chains, strict=True)):
-        cplan.validate(chain.breaks, [(r.src, r.dst) for r in chain.residuals])
-        _prepare_chain(gm, nodes, index, chain, cplan)
+        cplan.validate(chain.barriers, [(r.src, r.dst) for r in chain.residuals])
+        rewrite_chain(gm, nodes, index, chain, cplan)
     gm.graph.lint()
     gm.recompile()
     return gm.eval()
@@ -540,7 +542,7 @@ def _check_score(score: str, classifier: bool, labelled: bool, estimate: str) ->
 
 def _fisher_proxy(
     analysis: Analysis,
-    keys: list[ExtKey],
+    keys: list[ImportanceKey],
     data: Any,
     merges: MergeRule | None,
     *,
@@ -551,7 +553,7 @@ def _fisher_proxy(
     progress: bool,
     cache: PathLike | None = None,
     identity: dict[str, Any] | None = None,
-) -> tuple[dict[ExtKey, float], list[str], dict[ExtKey, list[float]], dict[str, Any]]:
+) -> tuple[dict[ImportanceKey, float], list[str], dict[ImportanceKey, list[float]], dict[str, Any]]:
     """The second-order proxy of :mod:`depthfx.measure.fisher`. With ``cache``, its running
     sums are saved after every batch and a later run with the same settings (``identity``:
     model, entries, merge groups; and the data, seed, batch size, score) resumes from them."""
@@ -559,7 +561,7 @@ def _fisher_proxy(
     labelled = batches[0][1] is not None
     generator = torch.Generator().manual_seed(seed)
     fisher: FisherScores | None = None
-    exact: dict[ExtKey, _Stats] = {}
+    exact: dict[ImportanceKey, _Stats] = {}
     done = 0
     checkpoint = None
     if cache is not None:
@@ -609,19 +611,19 @@ def _fisher_proxy(
 
 def _fisher_batches(
     analysis: Analysis,
-    keys: list[ExtKey],
+    keys: list[ImportanceKey],
     merges: MergeRule | None,
     batches: list[tuple[torch.Tensor, torch.Tensor | None]],
     done: int,
     generator: torch.Generator,
     fisher: FisherScores | None,
-    exact: dict[ExtKey, _Stats],
+    exact: dict[ImportanceKey, _Stats],
     checkpoint: ProxyCheckpoint | None,
     *,
     score: str,
     labelled: bool,
     progress: bool,
-) -> tuple[FisherScores, dict[ExtKey, _Stats]]:
+) -> tuple[FisherScores, dict[ImportanceKey, _Stats]]:
     """Find every entry's region, then run batches ``done``… and accumulate the sums."""
     from tqdm.auto import tqdm
 
@@ -685,7 +687,7 @@ def _fisher_batches(
 
 def _proxy(
     analysis: Analysis,
-    keys: list[ExtKey],
+    keys: list[ImportanceKey],
     data: Any,
     merges: MergeRule | None,
     *,
@@ -694,7 +696,7 @@ def _proxy(
     batch_size: int,
     seed: int,
     progress: bool,
-) -> tuple[dict[ExtKey, float], list[str], dict[ExtKey, list[float]], dict[str, Any]]:
+) -> tuple[dict[ImportanceKey, float], list[str], dict[ImportanceKey, list[float]], dict[str, Any]]:
     from tqdm.auto import tqdm
 
     analysis, batches, is_random = _proxy_inputs(analysis, data, images, batch_size, seed)
@@ -711,7 +713,7 @@ def _proxy(
 
     # Entries whose networks agree up to the last boundary q <= st (same chain, q, boundaries
     # and activations before q) share that prefix: it runs once per batch and group.
-    groups: dict[tuple[Any, ...], list[ExtKey]] = {}
+    groups: dict[tuple[Any, ...], list[ImportanceKey]] = {}
     plans = {k: entry_plan(analysis, k, merges) for k in keys}
     for key in keys:
         cplan = plans[key].chains[[c.index for c in analysis.chains].index(key[0])]
@@ -747,7 +749,7 @@ def _proxy(
                     stats[key].add(ref, _leaves(tail(*values)), y)
                     bar.update(1)
     columns: list[str] = []
-    metrics: dict[ExtKey, list[float]] = {k: [] for k in keys}
+    metrics: dict[ImportanceKey, list[float]] = {k: [] for k in keys}
     names = {"accuracy": "val_acc", "kl": "neg_kl", "mse": "neg_rel_mse"}
     order_cols = [score] + [s for s in ("accuracy", "kl", "mse") if s != score]
     for s in order_cols:
@@ -784,14 +786,14 @@ def _proxy(
 def _run_experiments(
     model: nn.Module,
     analysis: Analysis,
-    keys: list[ExtKey],
+    keys: list[ImportanceKey],
     experiment: Any,
     merges: MergeRule | None,
     merge_id: str | None,
     *,
     cache: PathLike | None,
     progress: bool,
-) -> tuple[dict[ExtKey, float], list[str], dict[ExtKey, list[float]], dict[str, Any]]:
+) -> tuple[dict[ImportanceKey, float], list[str], dict[ImportanceKey, list[float]], dict[str, Any]]:
     """Run ``experiment`` per entry with on-disk caching: ``settings.json`` guards the folder
     against mixing settings; ``base.json`` holds the base result; ``entry-c-st-end-sa-ea.json``
     one entry each, written atomically as soon as it is done."""
@@ -811,7 +813,7 @@ def _run_experiments(
         base = experiment.base(prepare(model, entry_plan(analysis, None, merges)))
         if base_file is not None:
             atomic_write(base_file, json.dumps(base) + "\n")
-    metrics: dict[ExtKey, list[float]] = {}
+    metrics: dict[ImportanceKey, list[float]] = {}
     bar = tqdm(keys, desc=f"importance ({experiment.name})", unit="entry",
                disable=None if progress else True)  # fmt: skip
     for key in bar:
@@ -833,7 +835,7 @@ def _run_experiments(
     return scores, columns, reordered, meta
 
 
-def _entry_seed(seed: int, key: ExtKey) -> int:
+def _entry_seed(seed: int, key: ImportanceKey) -> int:
     """A per-entry seed that does not depend on which shard or run measures the entry."""
     digest = hashlib.sha256(json.dumps([seed, *key]).encode()).digest()
     return int.from_bytes(digest[:4], "little")

@@ -81,13 +81,14 @@ from depthfx.backends.timing import Timing, measure
 from depthfx.errors import DepthFXError, TableError
 from depthfx.measure.block_shapes import BlockSpec, ConvShape, block_spec
 from depthfx.measure.cache import TimingCache
+from depthfx.solver.dp import BUDGET_UNITS
+from depthfx.solver.tables import LatencyKey
 
 if TYPE_CHECKING:
     from depthfx.plans import Plan
     from depthfx.records import Analysis
     from depthfx.solver.tables import ImportanceTable, LatencyTable
 
-Key = tuple[int, int, int]
 
 #: Fingerprint keys that describe one model's inputs, not the setting of the table.
 _PER_MODEL_KEYS = ("input_shape",)
@@ -217,15 +218,15 @@ def _probe(batch: int) -> BlockSpec:
 class _Work:
     """Blocks grouped by identical shape."""
 
-    specs: dict[Key, BlockSpec]
-    members: dict[str, list[Key]]
+    specs: dict[LatencyKey, BlockSpec]
+    members: dict[str, list[LatencyKey]]
     by_key: dict[str, BlockSpec]
 
     @classmethod
     def of(cls, analysis: Analysis, batch: int) -> _Work:
         nodes = {n.name: n for n in analysis.graph_module.graph.nodes}
-        specs: dict[Key, BlockSpec] = {}
-        members: dict[str, list[Key]] = {}
+        specs: dict[LatencyKey, BlockSpec] = {}
+        members: dict[str, list[LatencyKey]] = {}
         by_key: dict[str, BlockSpec] = {}
         for chain in analysis.chains:
             for i, j in chain.valid_blocks():
@@ -376,7 +377,7 @@ def measure_latency_table(
             pool.shutdown(cancel_futures=True)
 
     overhead = _call_overhead(be, n, protocol, cache)
-    times: dict[Key, tuple[float, float]] = {}
+    times: dict[LatencyKey, tuple[float, float]] = {}
     blocks_meta: dict[str, Any] = {}
     for blk, spec in work.specs.items():
         key = spec.key()
@@ -681,7 +682,6 @@ def activation_importance(analysis: Analysis) -> ImportanceTable:
 
 
 #: Integer latency units the DP gets for the calibration plans' chain budgets.
-_CALIBRATION_UNITS = 2000
 
 
 def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> list[Plan]:
@@ -696,7 +696,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
         raise DepthFXError(f"calibration_plans must be >= 1, got {n}")
     imp = activation_importance(analysis)
     original = _original_chain_ms(table)
-    prec = _CALIBRATION_UNITS / original
+    prec = BUDGET_UNITS / original
     try:  # DP2 reports the smallest feasible chain budget when a zero budget does not fit
         fastest = solve(table, imp, 0.0, prec=prec).time
     except InfeasibleBudget as err:

@@ -15,7 +15,7 @@ included), reused conv/BN modules, a tensor with several other users, any other 
 
 What it records: :class:`~depthfx.records.Chain` objects — conv geometry with effective
 per-side padding, the BN to fold, every activation call site as its own slot, residuals,
-transparent (dropout-like) nodes, breaks and optional positions.
+transparent (dropout-like) nodes, barriers and optional positions.
 
 Why this is enough for exact merging: inside a chain every op between two convs is affine
 in eval mode (BN, transparent ops, residual adds on the chain) except the recorded
@@ -423,7 +423,7 @@ class _Finder:
             chain.transparent[p] = tuple(transparent)
 
 
-def _breaks(convs: list[ConvInfo], strided: Literal["general", "paper"]) -> frozenset[int]:
+def _barriers(convs: list[ConvInfo], strided: Literal["general", "paper"]) -> frozenset[int]:
     """Positions no block may straddle.
 
     ``paper``: after every strided conv (the original's ``str_pos``). Always: a conv with
@@ -475,7 +475,7 @@ def find_chains(
                 convs=chain.convs,
                 activations=chain.activations,
                 residuals=chain.residuals,
-                breaks=_breaks(chain.convs, strided),
+                barriers=_barriers(chain.convs, strided),
                 optional=frozenset(range(1, len(chain.convs) + 1)) - set(chain.activations),
                 input_node=chain.positions[0].name,
                 position_nodes=[n.name for n in chain.positions],

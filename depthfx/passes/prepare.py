@@ -129,7 +129,7 @@ def prepare(
     nodes = {n.name: n for n in gm.graph.nodes}
     records: list[GroupRecord] = []
     for index, (chain, cplan) in enumerate(chains):
-        records.extend(_prepare_chain(gm, nodes, index, chain, cplan))
+        records.extend(rewrite_chain(gm, nodes, index, chain, cplan))
     gm.graph.lint()
     gm.recompile()
     setattr(
@@ -161,12 +161,12 @@ def _match_chains(analysis: Analysis, plan: Plan) -> list[tuple[Chain, ChainPlan
                 f"the plan's chain {cplan.convs[0]!r}…{cplan.convs[-1]!r} "
                 f"({cplan.num_convs} convs) is not a chain of this model"
             )
-        cplan.validate(chain.breaks, [(r.src, r.dst) for r in chain.residuals])
+        cplan.validate(chain.barriers, [(r.src, r.dst) for r in chain.residuals])
         matched.append((chain, cplan))
     return matched
 
 
-def _prepare_chain(
+def rewrite_chain(
     gm: fx.GraphModule,
     nodes: dict[str, fx.Node],
     index: int,

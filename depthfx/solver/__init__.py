@@ -2,6 +2,7 @@
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.dp import (
+    BUDGET_UNITS,
     ChainSolution,
     MergePattern,
     Solution,
@@ -12,15 +13,20 @@ from depthfx.solver.dp import (
 )
 from depthfx.solver.tables import (
     ExtendedImportanceTable,
+    ImportanceKey,
     ImportanceTable,
+    LatencyKey,
     LatencyTable,
     OptimalLatencyTable,
 )
 
 __all__ = [
+    "BUDGET_UNITS",
     "ChainSolution",
     "ExtendedImportanceTable",
+    "ImportanceKey",
     "ImportanceTable",
+    "LatencyKey",
     "LatencyTable",
     "MergePattern",
     "OptimalLatencyTable",

@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     )
 
 Block = tuple[int, int]
+
+#: Integer units the chain budget is divided into when the caller gives no ``prec``: fine
+#: enough that rounding moves a plan by about 0.05 % of the budget, coarse enough for
+#: millisecond solves.
+BUDGET_UNITS = 2000
 Flagged = tuple[int, int, int, int]
 
 

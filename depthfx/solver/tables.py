@@ -29,8 +29,8 @@ from depthfx.errors import TableError
 from depthfx.io import atomic_write
 from depthfx.solver.dp import extend_importance, optimal_times
 
-Key = tuple[int, int, int]
-ExtKey = tuple[int, int, int, int, int]
+LatencyKey = tuple[int, int, int]
+ImportanceKey = tuple[int, int, int, int, int]
 Norm = Literal["default", "single", "all", "none"]
 PathLike = str | os.PathLike[str]
 
@@ -124,7 +124,7 @@ def _float(source: str, row: int, name: str, text: Any, *, nonneg: bool = False)
     return value
 
 
-def _block(source: str, row: int, chain: Any, st: Any, end: Any) -> Key:
+def _block(source: str, row: int, chain: Any, st: Any, end: Any) -> LatencyKey:
     c, s, e = (_int(source, row, n, v) for n, v in (("chain", chain), ("st", st), ("end", end)))
     if c < 0 or s < 0:
         raise TableError(f"{_where(source, row)}: chain and st must be >= 0 (got {c}, {s})")
@@ -140,7 +140,7 @@ def _flag(source: str, row: int, name: str, text: Any) -> int:
     return value
 
 
-def _breaks(source: str, row: int, key: Key, text: Any) -> tuple[int, ...]:
+def _breaks(source: str, row: int, key: LatencyKey, text: Any) -> tuple[int, ...]:
     items = text.split(",") if isinstance(text, str) else list(text)
     out = tuple(_int(source, row, "breaks", x) for x in items)
     if len(out) < 2 or out[0] != key[1] or out[-1] != key[2] or list(out) != sorted(set(out)):
@@ -227,13 +227,13 @@ class LatencyTable(_Table):
 
     def __init__(
         self,
-        times: Mapping[Key, float],
-        stdevs: Mapping[Key, float],
+        times: Mapping[LatencyKey, float],
+        stdevs: Mapping[LatencyKey, float],
         *,
         unit: str = "ms",
         meta: Mapping[str, Any] | None = None,
         source: str = _ENTRIES,
-        rows: Mapping[Key, int] | None = None,
+        rows: Mapping[LatencyKey, int] | None = None,
     ) -> None:
         self.rows = dict(rows) if rows is not None else {k: n for n, k in enumerate(times, 1)}
         self.times = dict(sorted(times.items()))
@@ -264,8 +264,8 @@ class LatencyTable(_Table):
     ) -> LatencyTable:
         """Build from ``{(chain, st, end): time | (time, stdev)}`` (the key may omit chain) or
         from rows ``(chain, st, end, time[, stdev])``; checks them like a CSV file."""
-        times: dict[Key, float] = {}
-        stdevs: dict[Key, float] = {}
+        times: dict[LatencyKey, float] = {}
+        stdevs: dict[LatencyKey, float] = {}
         for n, row in enumerate(_entry_rows(entries, 3), start=1):
             if len(row) not in (4, 5):
                 raise TableError(f"{_where(_ENTRIES, n)}: expected (chain, st, end, time[, stdev])")
@@ -282,9 +282,9 @@ class LatencyTable(_Table):
         """Read the paper's ``time_*.csv`` (columns ``id, st, end, time, stdev``, optional
         ``chain``). Also reads ``opt_time`` files; their ``breaks`` column is ignored."""
         src = str(path)
-        times: dict[Key, float] = {}
-        stdevs: dict[Key, float] = {}
-        rows: dict[Key, int] = {}
+        times: dict[LatencyKey, float] = {}
+        stdevs: dict[LatencyKey, float] = {}
+        rows: dict[LatencyKey, int] = {}
         for line, r in _read_csv(path, ("st", "end", "time", "stdev")):
             key = _block(src, line, r.get("chain", "0"), r["st"], r["end"])
             _store(src, line, times, key, _float(src, line, "time", r["time"], nonneg=True))
@@ -307,9 +307,9 @@ class LatencyTable(_Table):
     def optimal(self) -> OptimalLatencyTable:
         """T_opt by DP1 (spec §2.4), computed once per table."""
         if self._optimal is None:
-            times: dict[Key, float] = {}
-            stdevs: dict[Key, float] = {}
-            breaks: dict[Key, tuple[int, ...]] = {}
+            times: dict[LatencyKey, float] = {}
+            stdevs: dict[LatencyKey, float] = {}
+            breaks: dict[LatencyKey, tuple[int, ...]] = {}
             for c in self.lengths:
                 blocks = {k[1:]: (v, self.stdevs[k]) for k, v in self.times.items() if k[0] == c}
                 for (st, end), (t, s, b) in optimal_times(blocks).items():
@@ -345,14 +345,14 @@ class OptimalLatencyTable(_Table):
 
     def __init__(
         self,
-        times: Mapping[Key, float],
-        stdevs: Mapping[Key, float],
-        breaks: Mapping[Key, tuple[int, ...]],
+        times: Mapping[LatencyKey, float],
+        stdevs: Mapping[LatencyKey, float],
+        breaks: Mapping[LatencyKey, tuple[int, ...]],
         *,
         unit: str = "ms",
         meta: Mapping[str, Any] | None = None,
         source: str = _ENTRIES,
-        rows: Mapping[Key, int] | None = None,
+        rows: Mapping[LatencyKey, int] | None = None,
     ) -> None:
         self.rows = dict(rows) if rows is not None else {k: n for n, k in enumerate(times, 1)}
         self.times = dict(sorted(times.items()))
@@ -369,10 +369,10 @@ class OptimalLatencyTable(_Table):
     ) -> OptimalLatencyTable:
         """Read the paper's ``opt_time_*.csv`` (``id, st, end, time, stdev, breaks``)."""
         src = str(path)
-        times: dict[Key, float] = {}
-        stdevs: dict[Key, float] = {}
-        breaks: dict[Key, tuple[int, ...]] = {}
-        rows: dict[Key, int] = {}
+        times: dict[LatencyKey, float] = {}
+        stdevs: dict[LatencyKey, float] = {}
+        breaks: dict[LatencyKey, tuple[int, ...]] = {}
+        rows: dict[LatencyKey, int] = {}
         for line, r in _read_csv(path, ("st", "end", "time", "stdev", "breaks")):
             key = _block(src, line, r.get("chain", "0"), r["st"], r["end"])
             _store(src, line, times, key, _float(src, line, "time", r["time"], nonneg=True))
@@ -408,9 +408,9 @@ class OptimalLatencyTable(_Table):
         """Load a table saved by :meth:`write_json`, re-checking every entry."""
         doc = cls._load_json(path)
         src = str(path)
-        times: dict[Key, float] = {}
-        stdevs: dict[Key, float] = {}
-        breaks: dict[Key, tuple[int, ...]] = {}
+        times: dict[LatencyKey, float] = {}
+        stdevs: dict[LatencyKey, float] = {}
+        breaks: dict[LatencyKey, tuple[int, ...]] = {}
         for n, e in enumerate(doc.get("entries", []), start=1):
             if not isinstance(e, list) or len(e) != 6:
                 raise TableError(
@@ -440,7 +440,7 @@ class ImportanceTable(_Table):
 
     def __init__(
         self,
-        scores: Mapping[ExtKey, float],
+        scores: Mapping[ImportanceKey, float],
         *,
         score: str = "val_acc",
         norm: Norm = "single",
@@ -448,7 +448,7 @@ class ImportanceTable(_Table):
         default_acts: Mapping[int, Iterable[int]] | Iterable[int] | None = None,
         meta: Mapping[str, Any] | None = None,
         source: str = _ENTRIES,
-        rows: Mapping[ExtKey, int] | None = None,
+        rows: Mapping[ImportanceKey, int] | None = None,
     ) -> None:
         if norm not in NORMS:
             raise TableError(f"{source}: unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
@@ -488,7 +488,7 @@ class ImportanceTable(_Table):
     ) -> ImportanceTable:
         """Build from ``{(chain, st, end, st_act, end_act): score}`` (chain may be omitted) or
         rows ``(chain, st, end, st_act, end_act, score)``."""
-        scores: dict[ExtKey, float] = {}
+        scores: dict[ImportanceKey, float] = {}
         for n, row in enumerate(_entry_rows(entries, 5), start=1):
             if len(row) != 6:
                 raise TableError(
@@ -515,8 +515,8 @@ class ImportanceTable(_Table):
         st_act, end_act, train_loss, train_acc, val_loss, val_acc``; ``score`` picks the
         column. Any table with ``st, end, st_act, end_act`` and the score column works."""
         src = str(path)
-        scores: dict[ExtKey, float] = {}
-        line_of: dict[ExtKey, int] = {}
+        scores: dict[ImportanceKey, float] = {}
+        line_of: dict[ImportanceKey, int] = {}
         for line, r in _read_csv(path, ("st", "end", "st_act", "end_act", score)):
             blk = _block(src, line, r.get("chain", "0"), r["st"], r["end"])
             key = (*blk, *_flags(src, line, r["st_act"], r["end_act"]))
@@ -535,7 +535,7 @@ class ImportanceTable(_Table):
             rows=line_of,
         )
 
-    def normalised(self) -> dict[ExtKey, float]:
+    def normalised(self) -> dict[ImportanceKey, float]:
         """h = h_raw − α·μ (spec §3.3). μ is a NumPy (pairwise) mean in row order, like the
         pandas ``DataFrame.mean`` of the original."""
         if self.norm == "none":
@@ -573,8 +573,8 @@ class ImportanceTable(_Table):
         """I_ext by DP3 (spec §3.5) on the normalised scores, computed once per table."""
         if self._extended is None:
             h = self.normalised()
-            values: dict[ExtKey, float] = {}
-            breaks: dict[ExtKey, tuple[int, ...]] = {}
+            values: dict[ImportanceKey, float] = {}
+            breaks: dict[ImportanceKey, tuple[int, ...]] = {}
             for c in self.lengths:
                 chain_h = {k[1:]: v for k, v in h.items() if k[0] == c}
                 for key, (v, b) in extend_importance(chain_h).items():
@@ -618,12 +618,12 @@ class ExtendedImportanceTable(_Table):
 
     def __init__(
         self,
-        values: Mapping[ExtKey, float],
-        breaks: Mapping[ExtKey, tuple[int, ...]],
+        values: Mapping[ImportanceKey, float],
+        breaks: Mapping[ImportanceKey, tuple[int, ...]],
         *,
         meta: Mapping[str, Any] | None = None,
         source: str = _ENTRIES,
-        rows: Mapping[ExtKey, int] | None = None,
+        rows: Mapping[ImportanceKey, int] | None = None,
     ) -> None:
         self.values = dict(sorted(values.items(), key=_ext_order))
         self.breaks = {k: tuple(breaks[k]) for k in self.values}
@@ -639,9 +639,9 @@ class ExtendedImportanceTable(_Table):
         """Read the original ``ext_importance_*.csv`` (``id, st, end, st_act, end_act, imp,
         breaks``)."""
         src = str(path)
-        values: dict[ExtKey, float] = {}
-        breaks: dict[ExtKey, tuple[int, ...]] = {}
-        rows: dict[ExtKey, int] = {}
+        values: dict[ImportanceKey, float] = {}
+        breaks: dict[ImportanceKey, tuple[int, ...]] = {}
+        rows: dict[ImportanceKey, int] = {}
         for line, r in _read_csv(path, ("st", "end", "st_act", "end_act", "imp", "breaks")):
             blk = _block(src, line, r.get("chain", "0"), r["st"], r["end"])
             key = (*blk, *_flags(src, line, r["st_act"], r["end_act"]))
@@ -674,8 +674,8 @@ class ExtendedImportanceTable(_Table):
         """Load a table saved by :meth:`write_json`."""
         doc = cls._load_json(path)
         src = str(path)
-        values: dict[ExtKey, float] = {}
-        breaks: dict[ExtKey, tuple[int, ...]] = {}
+        values: dict[ImportanceKey, float] = {}
+        breaks: dict[ImportanceKey, tuple[int, ...]] = {}
         for n, e in enumerate(doc.get("entries", []), start=1):
             if not isinstance(e, list) or len(e) != 7:
                 raise TableError(
@@ -692,7 +692,7 @@ def _flags(source: str, row: int, st_act: Any, end_act: Any) -> tuple[int, int]:
     return _flag(source, row, "st_act", st_act), _flag(source, row, "end_act", end_act)
 
 
-def _ext_order(item: tuple[ExtKey, Any]) -> tuple[int, ...]:
+def _ext_order(item: tuple[ImportanceKey, Any]) -> tuple[int, ...]:
     """Spec §3.5 order: (chain, st, end) ascending, flags (1,1), (1,0), (0,1), (0,0)."""
     c, s, e, sa, ea = item[0]
     return c, s, e, -sa, -ea

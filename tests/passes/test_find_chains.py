@@ -93,7 +93,7 @@ def test_activation_spellings(
     assert not getattr(fresh, "inplace", False)
     torch.testing.assert_close(fresh(t), expected)
     assert chain.optional == {2}  # linear in the original, but the true end: fixed
-    assert chain.fixed == {2: 0}
+    assert chain.pinned_flags == {2: 0}
 
 
 def test_one_module_at_two_sites_gives_two_slots() -> None:
@@ -143,8 +143,8 @@ def test_strided_paper_rule_breaks_after_strided_conv() -> None:
     model = nn.Sequential(*[m for c in convs for m in (c, nn.ReLU())])
     (general,) = chains_of(model)
     (paper,) = chains_of(model, strided="paper")
-    assert general.breaks == frozenset()
-    assert paper.breaks == frozenset({3})
+    assert general.barriers == frozenset()
+    assert paper.barriers == frozenset({3})
     assert len(general.valid_blocks()) == 10 and len(paper.valid_blocks()) == 7
 
 
@@ -188,7 +188,7 @@ def test_reflect_padding_starts_a_group() -> None:
     ]
     (chain,) = chains_of(nn.Sequential(*layers))
     assert chain.num_convs == 5
-    assert chain.breaks == frozenset({1, 3})  # before the reflect conv and before the next pad
+    assert chain.barriers == frozenset({1, 3})  # before the reflect conv and before the next pad
 
 
 def test_se_gating_ends_chain() -> None:
@@ -359,8 +359,8 @@ def test_exclude_is_a_barrier_and_frees_the_end() -> None:
     model = nn.Sequential(*(nn.Conv2d(4, 4, 1) for _ in range(4)))
     chains = chains_of(model, exclude=("2",))
     assert sizes(chains) == [2, 1]
-    assert chains[0].free_end and chains[0].fixed == {}
-    assert not chains[1].free_end and chains[1].fixed == {1: 0}
+    assert chains[0].free_end and chains[0].pinned_flags == {}
+    assert not chains[1].free_end and chains[1].pinned_flags == {1: 0}
     with pytest.raises(depthfx.DepthFXError, match="nope"):
         chains_of(model, exclude=("nope",))
 
@@ -398,7 +398,7 @@ def test_mobilenet_v2_general(mbv2: nn.Module) -> None:
     strided = [p for p in range(1, 53) if chain.conv(p).stride == (2, 2)]
     assert strided == [1, 5, 11, 20, 41]
     assert all(chain.conv(p).is_depthwise for p in strided[1:])
-    assert chain.breaks == frozenset()
+    assert chain.barriers == frozenset()
 
 
 def test_mobilenet_v2_paper_chain(mbv2: nn.Module) -> None:
@@ -410,7 +410,7 @@ def test_mobilenet_v2_paper_chain(mbv2: nn.Module) -> None:
     assert chain.residual_map == {
         5: 8, 11: 14, 14: 17, 20: 23, 23: 26, 26: 29, 32: 35, 35: 38, 41: 44, 44: 47
     }  # fmt: skip
-    assert chain.breaks == frozenset({5, 11, 20, 41})
+    assert chain.barriers == frozenset({5, 11, 20, 41})
     assert chain.optional == frozenset(range(2, 51, 3))
     assert chain.default_acts == frozenset(range(1, 51)) - frozenset(range(2, 51, 3))
     assert len(chain.valid_blocks()) == 171

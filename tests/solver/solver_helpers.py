@@ -39,7 +39,7 @@ def random_instance(rng: np.random.Generator, length: int, quantised: bool) -> I
     blocks = valid_blocks(length, breaks, residuals)
     optional = [p for p in range(1, length + 1) if rng.random() < 0.5]
     fixed = {length: int(rng.integers(0, 2))} if length in optional and rng.random() < 0.3 else None
-    ext = extended_blocks(blocks, optional, exclude_zeros=bool(rng.random() < 0.5), fixed=fixed)
+    ext = extended_blocks(blocks, optional, exclude_zeros=bool(rng.random() < 0.5), pinned=fixed)
     if quantised:
         times = {b: float(rng.integers(1, 12)) / 4 for b in blocks}
         scores = {e: float(rng.integers(-12, 4)) / 4 for e in ext}
