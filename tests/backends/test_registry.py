@@ -21,11 +21,30 @@ def test_import_depthfx_imports_no_runtime() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_get_backend_imports_lazily_and_rejects_unknown() -> None:
+def _modules_after(code: str) -> set[str]:
+    """Runtime packages imported after ``code`` runs in a fresh interpreter."""
+    probe = (
+        f"import sys\n{code}\n"
+        "print(','.join(m for m in ('onnxruntime', 'tensorrt', 'torch_tensorrt') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(filter(None, out.stdout.strip().split(",")))
+
+
+def test_get_backend_imports_its_runtime_on_first_use_only() -> None:
+    # A fresh interpreter: this test process has long imported onnxruntime.
+    listed = "from depthfx.backends.base import available_backends\navailable_backends()"
+    assert _modules_after(listed) == set()
+    torch_only = "from depthfx.backends.base import get_backend\nget_backend('torch')"
+    assert _modules_after(torch_only) == set()
+    ort = "from depthfx.backends.base import get_backend\nget_backend('onnxruntime', threads=1)"
+    assert _modules_after(ort) == {"onnxruntime"}
+
+
+def test_get_backend_rejects_unknown() -> None:
     assert {"onnxruntime", "torch", "tensorrt"} <= set(available_backends())
-    backend = get_backend("onnxruntime", threads=1)
-    assert backend.name == "onnxruntime"
-    assert "onnxruntime" in sys.modules
+    assert get_backend("onnxruntime", threads=1).name == "onnxruntime"
     with pytest.raises(DepthFXError, match="unknown backend 'nope'"):
         get_backend("nope")
 
