@@ -34,12 +34,9 @@ import torchvision
 
 from depthfx.api import plan as make_plan
 from depthfx.errors import InfeasibleBudget
-from depthfx.measure.latency import (
-    activation_importance,
-    chain_ms,
-    describe_calibration,
-    measure_latency_table,
-)
+from depthfx.measure.calibration import activation_importance, describe_calibration
+from depthfx.measure.latency_table import measure_latency_table
+from depthfx.measure.prediction import chain_ms
 from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare

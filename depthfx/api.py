@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
-from depthfx.measure.latency import LatencyModel, latency_model
+from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis
@@ -197,7 +197,7 @@ def _deployed_chain_ms(latency: LatencyTable, solution: Solution) -> float:
 
 
 def _latency_budget_parts(latency: LatencyTable) -> LatencyModel:
-    """How the table predicts milliseconds (:func:`~depthfx.measure.latency.latency_model`):
+    """How the table predicts milliseconds (:func:`~depthfx.measure.prediction.latency_model`):
     the in-context calibration when the table has one, else the raw additive model.
 
     A negative outside part of the *raw* model means the blocks timed alone cost more than the

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from depthfx.benchmark import compare
-from depthfx.measure.latency import check_table, predict_ms
+from depthfx.measure.prediction import predict_ms
+from depthfx.measure.setting import check_table
 from depthfx.plans import Plan
 from depthfx.solver.tables import LatencyTable
 

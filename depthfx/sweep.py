@@ -185,7 +185,7 @@ def sweep(
     from depthfx.benchmark import compare
     from depthfx.export import export_onnx
     from depthfx.finetune import evaluate
-    from depthfx.measure.latency import check_table
+    from depthfx.measure.setting import check_table
     from depthfx.passes.analyze import analyze
     from depthfx.passes.merge import count_convs
 

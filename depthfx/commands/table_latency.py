@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from depthfx.measure.latency import describe_calibration, load_table, measure_latency_table
+    from depthfx.measure.calibration import describe_calibration
+    from depthfx.measure.latency_table import load_table, measure_latency_table
     from depthfx.models import load_model
 
     if args.output.suffix != ".json":

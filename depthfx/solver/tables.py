@@ -249,8 +249,8 @@ class LatencyTable(_Table):
         cls, model: Any, example_inputs: Any, backend: str = "onnxruntime", **opts: Any
     ) -> LatencyTable:
         """Time every valid block of ``model`` on ``backend``, plus the end-to-end latency
-        (see :func:`depthfx.measure.latency.measure_latency_table` for ``opts``)."""
-        from depthfx.measure.latency import measure_latency_table
+        (see :func:`depthfx.measure.latency_table.measure_latency_table` for ``opts``)."""
+        from depthfx.measure.latency_table import measure_latency_table
 
         return measure_latency_table(model, example_inputs, backend=backend, **opts)
 

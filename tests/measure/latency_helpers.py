@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from depthfx.measure.latency import TimingProtocol
+from depthfx.measure.setting import TimingProtocol
 
 #: A short protocol: these tests check structure and bookkeeping, not precision.
 FAST = TimingProtocol(warmup_s=0.0, blocks=3, block_s=0.002, retries=0)

@@ -15,7 +15,7 @@ from torch import nn
 import depthfx.cli
 import depthfx.commands.table
 from depthfx.errors import FingerprintMismatch
-from depthfx.measure.latency import load_table
+from depthfx.measure.latency_table import load_table
 from depthfx.passes.analyze import analyze
 from depthfx.passes.merge import convert
 from depthfx.passes.prepare import prepare
@@ -101,6 +101,6 @@ def test_report_rejects_a_plan_of_another_model(table: LatencyTable) -> None:
     other.stem[0] = nn.Conv2d(3, 8, 3, padding=1, bias=False)
     plan = original_plan(analyze(nn.Sequential(other.stem), (torch.randn(1, 3, 16, 16),)))
     with pytest.raises(TableError, match="not in the table"):
-        from depthfx.measure.latency import predict_ms
+        from depthfx.measure.prediction import predict_ms
 
         predict_ms(table, plan)

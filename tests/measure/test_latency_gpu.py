@@ -10,7 +10,7 @@ import torch
 from latency_helpers import FAST
 from torch import nn
 
-from depthfx.measure.latency import measure_latency_table
+from depthfx.measure.latency_table import measure_latency_table
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 """In-context calibration of a latency table: the fit, its use by predictions and the DP, its
 persistence, the opt-out and the degenerate cases.
 
-Plan timings are injected (``latency._measure_plan``) from a known line
+Plan timings are injected (``calibration._measure_plan``) from a known line
 ``measured = FIXED + SCALE · Σ T`` over the table's own entries, so the expected fit is known
 by construction; the block entries themselves are real (ONNX Runtime, fast protocol) and come
 from a cache shared by every table of a test, so all of them hold the same entries.
@@ -21,10 +21,18 @@ import torch
 from latency_helpers import FAST
 from torch import nn
 
-import depthfx.measure.latency as latency
 from depthfx.api import plan as make_plan
 from depthfx.backends.timing import Timing
 from depthfx.errors import InfeasibleBudget, TableError
+from depthfx.measure import calibration
+from depthfx.measure.calibration import (
+    activation_importance,
+    calibration_plans_for,
+    describe_calibration,
+    fit_calibration,
+)
+from depthfx.measure.latency_table import load_table, measure_latency_table
+from depthfx.measure.prediction import chain_ms, latency_model, predict_ms
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan
 from depthfx.solver import LatencyTable
@@ -64,7 +72,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def raw(net: nn.Module, x: torch.Tensor, cache: Path) -> LatencyTable:
     """The table without calibration; its entries fill the shared cache."""
-    return latency.measure_latency_table(net, (x,), protocol=FAST, cache_dir=cache, calibrate=False)
+    return measure_latency_table(net, (x,), protocol=FAST, cache_dir=cache, calibrate=False)
 
 
 def _fake_runs(
@@ -75,13 +83,13 @@ def _fake_runs(
     """A stand-in for ``_measure_plan``: the original and the plan at ``line(Σ T)``, both
     multiplied per round by the run's ``drift`` (a CPU changing speed, which hits A and B of
     a round alike)."""
-    x0 = latency.chain_ms(raw, Plan(chains=()))
+    x0 = chain_ms(raw, Plan(chains=()))
     seen: list[Plan] = []
 
     def fake(model, inputs, plan, *args, **kwargs) -> tuple[Timing, Timing]:
         d = drift(len(seen))
         seen.append(plan)
-        y = line(latency.chain_ms(raw, plan))
+        y = line(chain_ms(raw, plan))
         return _timing([line(x0) * k for k in d]), _timing([y * k for k in d])
 
     return fake, seen
@@ -97,8 +105,8 @@ def _calibrated(
 ) -> LatencyTable:
     """A table built from the cached block entries, with ``fake`` plan timings. Each test
     calibrates in its own copy of the cache (calibration runs are cached too)."""
-    monkeypatch.setattr(latency, "_measure_plan", fake)
-    return latency.measure_latency_table(net, (x,), protocol=FAST, cache_dir=cache, **opts)
+    monkeypatch.setattr(calibration, "_measure_plan", fake)
+    return measure_latency_table(net, (x,), protocol=FAST, cache_dir=cache, **opts)
 
 
 @pytest.fixture
@@ -109,11 +117,11 @@ def own(cache: Path, raw: LatencyTable, tmp_path: Path) -> Path:
 
 def test_fit_is_exact_on_a_line_and_least_squares_through_the_original() -> None:
     x0, y0 = 10.0, 7.0  # the original, on y = 2 + 0.5 x
-    assert latency.fit_calibration((x0, y0), [(4.0, 4.0)]) == pytest.approx((2.0, 0.5))
-    assert latency.fit_calibration((x0, y0), [(4.0, 4.0), (6.0, 5.0)]) == pytest.approx((2.0, 0.5))
+    assert fit_calibration((x0, y0), [(4.0, 4.0)]) == pytest.approx((2.0, 0.5))
+    assert fit_calibration((x0, y0), [(4.0, 4.0), (6.0, 5.0)]) == pytest.approx((2.0, 0.5))
     # Off-line points: the slope through (x0, y0) minimises Σ (dy − s·dx)²:
     # dx = (−6, −4), dy = (−3.5, −1.5) → s = (21 + 6) / (36 + 16).
-    fixed, scale = latency.fit_calibration((x0, y0), [(4.0, 3.5), (6.0, 5.5)])
+    fixed, scale = fit_calibration((x0, y0), [(4.0, 3.5), (6.0, 5.5)])
     assert scale == pytest.approx(27 / 52)
     assert fixed + scale * x0 == pytest.approx(y0)  # the original stays exact
 
@@ -130,7 +138,7 @@ def test_degenerate_fit_raises_a_clear_error(
     points: list[tuple[float, float]], message: str
 ) -> None:
     with pytest.raises(TableError, match=message):
-        latency.fit_calibration((10.0, 7.0), points)
+        fit_calibration((10.0, 7.0), points)
 
 
 def test_measure_recovers_the_line_and_predictions_use_it(
@@ -151,21 +159,21 @@ def test_measure_recovers_the_line_and_predictions_use_it(
     assert 1 <= len(seen) == len(cal["points"]) <= 2
     assert len({json.dumps(p.to_json(), sort_keys=True) for p in seen}) == len(seen)
     # The calibration plans span the table: the first is the fastest the DP allows.
-    times = sorted(latency.chain_ms(raw, p) for p in seen)
+    times = sorted(chain_ms(raw, p) for p in seen)
     analysis = analyze(net, (x,))
     for seed in range(5):
-        assert times[0] <= latency.chain_ms(raw, random_plan(analysis, seed)) + 1e-12
-    model = latency.latency_model(table)
+        assert times[0] <= chain_ms(raw, random_plan(analysis, seed)) + 1e-12
+    model = latency_model(table)
     assert model.calibrated and model.end_to_end_ms == pytest.approx(
         FIXED + SCALE * cal["original_chain_ms"]
     )
     for seed in range(3):
         plan = random_plan(analysis, seed)
-        want = FIXED + SCALE * latency.chain_ms(raw, plan)
-        assert latency.predict_ms(table, plan) == pytest.approx(want)
-        assert latency.predict_ms(raw, plan) != pytest.approx(want)
-    assert latency.predict_ms(table, Plan(chains=())) == pytest.approx(table.meta["end_to_end_ms"])
-    assert "× Σ T" in latency.describe_calibration(table)
+        want = FIXED + SCALE * chain_ms(raw, plan)
+        assert predict_ms(table, plan) == pytest.approx(want)
+        assert predict_ms(raw, plan) != pytest.approx(want)
+    assert predict_ms(table, Plan(chains=())) == pytest.approx(table.meta["end_to_end_ms"])
+    assert "× Σ T" in describe_calibration(table)
 
 
 def test_paired_ratios_cancel_drift_between_runs(
@@ -205,12 +213,12 @@ def test_json_round_trip_keeps_the_fit_and_csv_keeps_raw_entries(
     fake, _ = _fake_runs(raw, lambda t: FIXED + SCALE * t)
     table = _calibrated(net, x, own, monkeypatch, fake)
     table.write_json(tmp_path / "t.json")
-    back = latency.load_table(tmp_path / "t.json")
+    back = load_table(tmp_path / "t.json")
     assert back.meta["calibration"] == table.meta["calibration"]
     plan = random_plan(analyze(net, (x,)), 1)
-    assert latency.predict_ms(back, plan) == latency.predict_ms(table, plan)
+    assert predict_ms(back, plan) == predict_ms(table, plan)
     table.write_csv(tmp_path / "t.csv")
-    assert latency.load_table(tmp_path / "t.csv").times == pytest.approx(raw.times)
+    assert load_table(tmp_path / "t.csv").times == pytest.approx(raw.times)
 
 
 def test_calibration_is_cached_with_the_table(
@@ -239,12 +247,10 @@ def test_opt_out_keeps_the_raw_model(
 
     table = _calibrated(net, x, own, monkeypatch, never, calibrate=False)
     assert "calibration" not in table.meta
-    model = latency.latency_model(table)
+    model = latency_model(table)
     assert not model.calibrated and model.scale == 1.0
     plan = random_plan(analyze(net, (x,)), 2)
-    assert latency.predict_ms(table, plan) == pytest.approx(
-        table.meta["fixed_ms"] + latency.chain_ms(table, plan)
-    )
+    assert predict_ms(table, plan) == pytest.approx(table.meta["fixed_ms"] + chain_ms(table, plan))
 
 
 def test_degenerate_measurement_falls_back_to_the_raw_model_with_a_warning(
@@ -260,12 +266,10 @@ def test_degenerate_measurement_falls_back_to_the_raw_model_with_a_warning(
         table = _calibrated(net, x, own, monkeypatch, fake, calibration_plans=3)
     cal = table.meta["calibration"]
     assert cal["status"] == "failed" and "not > 0" in cal["reason"]
-    assert not latency.latency_model(table).calibrated
-    assert "calibration failed" in latency.describe_calibration(table)
+    assert not latency_model(table).calibrated
+    assert "calibration failed" in describe_calibration(table)
     plan = random_plan(analyze(net, (x,)), 0)
-    assert latency.predict_ms(table, plan) == pytest.approx(
-        table.meta["fixed_ms"] + latency.chain_ms(table, plan)
-    )
+    assert predict_ms(table, plan) == pytest.approx(table.meta["fixed_ms"] + chain_ms(table, plan))
 
 
 def test_plans_that_cannot_be_merged_are_skipped(
@@ -286,17 +290,8 @@ def test_plans_that_cannot_be_merged_are_skipped(
         table = _calibrated(net, x, own, monkeypatch, refuse)
     cal = table.meta["calibration"]
     assert cal["status"] == "failed" and "merged kernel too large" in cal["reason"]
-    assert not latency.latency_model(table).calibrated
+    assert not latency_model(table).calibrated
     assert table.meta["end_to_end_ms"] > 0
-
-
-def test_malformed_calibration_is_refused(raw: LatencyTable) -> None:
-    bad = LatencyTable.from_entries(
-        raw.times,
-        meta={**raw.meta, "calibration": {"status": "fitted", "scale": -1.0, "fixed_ms": 0}},
-    )
-    with pytest.raises(TableError, match="scale > 0"):
-        latency.latency_model(bad)
 
 
 def test_plan_budgets_through_the_calibrated_model(
@@ -310,13 +305,13 @@ def test_plan_budgets_through_the_calibrated_model(
     fake, _ = _fake_runs(raw, lambda t: FIXED + SCALE * t)
     table = _calibrated(net, x, own, monkeypatch, fake)
     analysis = analyze(net, (x,))
-    imp = latency.activation_importance(analysis)
+    imp = activation_importance(analysis)
     x0 = table.meta["calibration"]["original_chain_ms"]
-    fastest = min(latency.chain_ms(raw, p) for p in latency.calibration_plans_for(analysis, raw, 1))
+    fastest = min(chain_ms(raw, p) for p in calibration_plans_for(analysis, raw, 1))
     for k in (0.3, 0.7):
         budget_ms = FIXED + SCALE * (fastest + k * (x0 - fastest))
         plan = make_plan(net, (x,), budget_ms=budget_ms, latency=table, importance=imp)
-        t = latency.chain_ms(table, plan)
+        t = chain_ms(table, plan)
         assert plan.predicted_ms == pytest.approx(FIXED + SCALE * t)
         # The raw model would charge the whole Σ T on top of its own outside part.
         assert plan.predicted_ms != pytest.approx(table.meta["fixed_ms"] + t)
