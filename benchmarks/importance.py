@@ -1,6 +1,6 @@
 """Importance-table benchmarks: proxy speed, and how well the proxy ranks like fine-tuning.
 
-1. Proxy table time for torchvision MobileNetV2 at 224×224 with 256 calibration images
+1. Proxy table time for torchvision MobileNetV2 at 224×224 with 256 proxy input images
    (Fashion-MNIST resized to 3×224×224 when installed, else random inputs) on ``--threads``
    CPU threads. ``--every K`` measures every K-th entry only and extrapolates the total
    (entries' costs are heavy-tailed: a sample misjudges it); ``--sample-images 4,8`` measures
@@ -52,16 +52,16 @@ def mbv2_proxy(
     counts = sample_images or [images]
     try:
         data = load_dataset(f"fashion-mnist-test[:{max(counts)}]", input_shape=(3, 224, 224))
-        calib, kind = data.tensors[0], "fashion-mnist"
+        inputs, kind = data.tensors[0], "fashion-mnist"
     except DepthFXError:
-        calib, kind = torch.randn(max(counts), 3, 224, 224), "random"
+        inputs, kind = torch.randn(max(counts), 3, 224, 224), "random"
     analysis = analyze(model, x, training=False)
     n = len(entries_of(analysis))
     done = len(range(0, n, every))
     seconds = []
     for k in counts:
         t0 = time.perf_counter()
-        measure_importance(model, x, [calib[:k]], analysis=analysis, images=k, score="kl",
+        measure_importance(model, x, [inputs[:k]], analysis=analysis, images=k, score="kl",
                            estimate=estimate, threads=threads, shard=(0, every),
                            latency=latency)  # fmt: skip
         seconds.append(time.perf_counter() - t0)
@@ -108,12 +108,12 @@ def proxy_vs_finetune(threads: int, train_n: int, steps: int) -> None:
     model = Small()
     depthfx.finetune(model, train, epochs=2, lr=0.05, batch_size=128, progress=False)
     x = torch.zeros(1, 1, 28, 28)
-    calib = [(val.tensors[0][:256], val.tensors[1][:256])]
+    proxy_data = [(val.tensors[0][:256], val.tensors[1][:256])]
     proxies, times = {}, {}
     for estimate in ("fisher", "exact"):
         t0 = time.perf_counter()
         proxies[estimate] = measure_importance(
-            model, x, calib, score="kl", estimate=estimate, threads=threads, progress=False
+            model, x, proxy_data, score="kl", estimate=estimate, threads=threads, progress=False
         )
         times[estimate] = time.perf_counter() - t0
     t0 = time.perf_counter()

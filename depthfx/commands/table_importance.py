@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure the importance table (proxy, or the paper's fine-tuning protocol)",
         description=(
             "Score every extended block (chain, st, end, st_act, end_act) of MODEL. proxy: "
-            "output divergence of each block's merged network on calibration data (minutes, "
+            "output divergence of each block's merged network on sample inputs (--data; minutes, "
             "no training). finetune: the paper's 1-epoch fine-tuning per entry (cached, "
             "resumable, shardable). Data specs: digits, fashion-mnist[:N], fashion-mnist-test, "
             "an image folder, a .pt/.npz file."
@@ -23,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--method", choices=("proxy", "finetune"), default="proxy")
-    p.add_argument("--data", help="calibration data (proxy) or held-out data (finetune)")
+    p.add_argument("--data", help="the proxy's input data (proxy) or held-out data (finetune)")
     p.add_argument("--train-data", help="fine-tuning data (finetune)")
     p.add_argument(
         "--images",
         type=int,
         default=None,
-        help="calibration images (default 256; 8 random inputs without --data)",
+        help="images the proxy runs on (default 256; 8 random inputs without --data)",
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")

@@ -1,38 +1,55 @@
-"""Per-entry importance experiments run by ``measure_importance`` on a prepared network.
+"""The ``finetune`` importance method: the paper's experiment (spec §3.2).
 
-``finetune_experiment`` is the paper's protocol (spec §3.2): re-initialise a single-layer block
-(conv #end and its BN, ``reset_layers``), fine-tune with :func:`depthfx.finetune`, record the
-changes of held-out loss/top-1 (and, on request, of the training-set loss/top-1, which the
-paper evaluates too) with respect to the base network, in percentage points for accuracies.
-``callable_experiment`` wraps a user score ``f(prepared) -> float``.
+Per entry a prepared copy, its single-layer block re-initialised (conv #end and its BN,
+``reset_layers``: :func:`reinit_conv`), fine-tuned with :func:`depthfx.finetune` (SGD,
+Nesterov, cosine per iteration), scored by the changes of held-out loss/top-1 (and, on request,
+of the training-set loss/top-1, which the paper evaluates too) with respect to the base network,
+in percentage points for accuracies; the table's score is the change of held-out top-1. Cached
+and sharded by :func:`~depthfx.measure.importance.experiments.run_experiments`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
 
+from depthfx.errors import DepthFXError
 from depthfx.finetune import evaluate, finetune
-from depthfx.measure.importance import PAPER_COLUMNS
+from depthfx.measure.importance.experiments import Experiment, run_experiments
+from depthfx.measure.importance.methods import (
+    ImportanceRequest,
+    ImportanceResult,
+    register_importance_method,
+)
 from depthfx.records import Chain
 from depthfx.solver.tables import ImportanceKey
 
+#: Raw ``importance.csv`` metric columns of the paper (spec §3.2).
+PAPER_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
-@dataclass
-class Experiment:
-    """``base(prepared) -> dict`` once; ``run(prepared, chain, key, base) -> metrics`` per
-    entry, in the order of ``columns``; ``settings`` identify the results in a cache."""
 
-    name: str
-    columns: tuple[str, ...]
-    score: str
-    base: Callable[[fx.GraphModule], dict[str, Any]]
-    run: Callable[[fx.GraphModule, Chain, ImportanceKey, dict[str, Any]], list[float]]
-    settings: dict[str, Any] = field(default_factory=dict)
+@register_importance_method("finetune", norm="single", alpha=1.6)
+def finetune_importance(request: ImportanceRequest) -> ImportanceResult:
+    """Fine-tune every entry's network on ``train_data``, score it on ``val_data`` (default
+    ``data``). The defaults ``single``/1.6 are the paper's MBV2-1.0 setting (spec §7.17)."""
+    r = request
+    val_data = r.data if r.val_data is None else r.val_data
+    if r.train_data is None or val_data is None:
+        raise DepthFXError(
+            "method='finetune' needs train_data (to fine-tune on) and val_data or data "
+            "(held-out, to score on)"
+        )
+    experiment = finetune_experiment(
+        r.train_data, val_data, epochs=r.epochs, steps=r.steps, lr=r.lr,
+        batch_size=r.batch_size or 256, train_metrics=r.train_metrics, seed=r.seed,
+        progress=r.progress,
+    )  # fmt: skip
+    return run_experiments(
+        r.model, r.analysis, r.keys, experiment, r.merges, r.merge_id, cache=r.cache,
+        progress=r.progress,
+    )  # fmt: skip
 
 
 def reinit_conv(prepared: fx.GraphModule, chain: Chain, p: int) -> None:
@@ -100,20 +117,4 @@ def finetune_experiment(
     return Experiment("finetune", PAPER_COLUMNS, "val_acc", scores, run, settings)
 
 
-def callable_experiment(fn: Callable[[fx.GraphModule], float]) -> Experiment:
-    """Score = fn(entry's prepared network), as returned."""
-
-    def base(net: fx.GraphModule) -> dict[str, Any]:
-        return {}
-
-    def run(
-        net: fx.GraphModule, chain: Chain, key: ImportanceKey, ref: dict[str, Any]
-    ) -> list[float]:
-        return [float(fn(net))]
-
-    name = getattr(fn, "__qualname__", type(fn).__name__)
-    settings = {"method": "callable", "function": f"{getattr(fn, '__module__', '')}.{name}"}
-    return Experiment("callable", ("score",), "score", base, run, settings)
-
-
-__all__ = ["Experiment", "callable_experiment", "finetune_experiment", "reinit_conv"]
+__all__ = ["PAPER_COLUMNS", "finetune_experiment", "finetune_importance", "reinit_conv"]

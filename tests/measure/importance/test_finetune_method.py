@@ -10,10 +10,11 @@ import torch
 from importance_helpers import digits
 from torch import nn
 
-import depthfx.measure.experiments as experiments
-from depthfx.measure.experiments import reinit_conv
-from depthfx.measure.importance import entries_of, measure_importance
+import depthfx.measure.importance.finetune as finetune_method
+from depthfx.measure.importance import entries_of, entry_plan, measure_importance
+from depthfx.measure.importance.finetune import reinit_conv
 from depthfx.passes.analyze import analyze
+from depthfx.passes.prepare import prepare
 
 X1 = torch.zeros(1, 1, 8, 8)
 
@@ -48,7 +49,7 @@ def test_finetune_runs_caches_resumes_and_shards(tmp_path, monkeypatch) -> None:
     assert all(abs(v * 297 / 100 - round(v * 297 / 100)) < 1e-6 for v in full.scores.values())
 
     calls = []
-    real = experiments.finetune
+    real = finetune_method.finetune
 
     def interrupted(*args, **kwargs):
         if len(calls) == 1:
@@ -56,11 +57,11 @@ def test_finetune_runs_caches_resumes_and_shards(tmp_path, monkeypatch) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiments, "finetune", interrupted)
+    monkeypatch.setattr(finetune_method, "finetune", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(model, tmp_path / "resumed")
     assert len(list((tmp_path / "resumed").glob("entry-*.json"))) == 1
-    monkeypatch.setattr(experiments, "finetune", real)
+    monkeypatch.setattr(finetune_method, "finetune", real)
     resumed = _run(model, tmp_path / "resumed")
     assert resumed.scores == full.scores
 
@@ -81,8 +82,6 @@ def test_finetune_runs_caches_resumes_and_shards(tmp_path, monkeypatch) -> None:
 
 
 def test_reinit_resets_conv_and_bn() -> None:
-    from depthfx.measure.importance import entry_plan
-    from depthfx.passes.prepare import prepare
 
     model = _model()
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """A tiny CNN with padded 3×3 convs, a linear position, a residual and two chains, trained on
-scikit-learn digits (8×8) in about a second; shared by the importance tests."""
+scikit-learn digits (8×8) in about a second, its proxy tables and a toy latency table; shared
+by the importance tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import functools
 import pytest
 import torch
 from torch import nn
+
+from depthfx.measure.importance import measure_importance
+from depthfx.passes.analyze import analyze
+from depthfx.records import Analysis
+from depthfx.solver import ImportanceTable, LatencyTable
+
+X1 = torch.zeros(1, 1, 8, 8)
 
 
 class Tiny(nn.Module):
@@ -58,3 +66,38 @@ def trained_tiny(steps: int = 80) -> Tiny:
         loss.backward()
         opt.step()
     return model.eval()
+
+
+@functools.cache
+def tiny_tables(estimate: str = "exact") -> tuple[Tiny, Analysis, ImportanceTable]:
+    """The trained Tiny, its analysis and its KL proxy table on 128 held-out digits."""
+    model = trained_tiny()
+    analysis = analyze(model, X1, training=False)
+    x, y = digits()
+    data = list(zip(x[1400:1528].split(32), y[1400:1528].split(32), strict=True))
+    table = measure_importance(
+        model, X1, data, analysis=analysis, score="kl", estimate=estimate, progress=False
+    )
+    return model, analysis, table
+
+
+def new_acts(analysis: Analysis, key: tuple[int, ...]) -> set[int]:
+    """Spec §3.2: new_A = (default minus the block's interior) plus the flagged ends."""
+    _, st, end, sa, ea = key
+    acts = set(analysis.chains[key[0]].default_acts)
+    new = {p for p in acts if not st < p < end} | ({st} if sa else set()) | ({end} if ea else set())
+    return new - {0}
+
+
+def unchanged(analysis: Analysis, key: tuple[int, ...]) -> bool:
+    return new_acts(analysis, key) == set(analysis.chains[key[0]].default_acts)
+
+
+def toy_latency(analysis: Analysis, cheap: set[tuple[int, int, int]] = frozenset()) -> LatencyTable:
+    """Merging costs (j − i)² (so DP1 splits), except ``cheap`` blocks, which cost 0.5."""
+    times = {
+        (c.index, i, j): 0.5 if (c.index, i, j) in cheap else float((j - i) ** 2)
+        for c in analysis.chains
+        for i, j in c.valid_blocks()
+    }
+    return LatencyTable(times, dict.fromkeys(times, 0.0))

@@ -1,12 +1,12 @@
-"""The Fisher proxy's running sums, saved after every calibration batch so a table resumes.
+"""The Fisher proxy's running sums, saved after every batch so a table resumes.
 
 The proxy works batch by batch (every entry's region runs on each batch), so a batch is its
 unit of progress. After each one the sums of every entry, the number of batches done and the
 label generator's state are written atomically to ``proxy-<digest of the settings>.json`` in
-the cache folder. A run with the same settings (model, entries, merge groups, calibration data,
-seed, batch size, score) continues after the last batch saved and ends with the same scores,
-bit for bit, as an uninterrupted run; other settings use another file. A finished table is
-read back without running anything.
+the cache folder. A run with the same settings (model, entries, merge groups, the proxy's
+input data, seed, batch size, score) continues after the last batch saved and ends with the same
+scores, bit for bit, as an uninterrupted run; other settings use another file. A finished table
+is read back without running anything.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import torch
 from importance_helpers import digits, trained_tiny
 from torch import fx, nn
 
-from depthfx.measure.fisher import Region, RegionFinder, with_values
-from depthfx.measure.importance import _fast_copy, build_network, entries_of, entry_plan
-from depthfx.measure.shared_regions import SharedRegions
+from depthfx.measure.importance import build_network, entries_of, entry_plan, fast_copy
+from depthfx.measure.importance.regions import Region, RegionFinder, with_values
+from depthfx.measure.importance.shared_regions import SharedRegions
 from depthfx.passes.analyze import analyze
 from depthfx.testing import InvertedResidual, randomize_bn
 
@@ -29,7 +29,7 @@ def test_shared_run_equals_each_region_run_bit_for_bit(model_name: str) -> None:
         model = nn.Sequential(*stem, InvertedResidual(8), InvertedResidual(8))
         model = randomize_bn(model).eval()
         example, x = torch.zeros(1, 3, 12, 12), torch.randn(4, 3, 12, 12)
-    analysis = _fast_copy(analyze(model, example, training=False))
+    analysis = fast_copy(analyze(model, example, training=False))
     base = build_network(analysis, entry_plan(analysis, None))
     find_region = RegionFinder(base, {n.name for n in analysis.graph_module.graph.nodes})
     regions = {

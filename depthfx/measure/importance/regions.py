@@ -1,10 +1,10 @@
-"""The fast importance proxy: each entry's changed region exactly, the rest to second order.
+"""The Fisher proxy's graph diff: each entry's changed region against the base network.
 
 Pattern: an entry's network differs from the base network only in a small region around its
 block (activations removed or added, paddings moved); everything before the region computes
 the same values, everything after it computes the same function of different inputs.
 
-Estimate: a graph diff (by node structure, not by chain positions, so it holds for any model
+Split: a graph diff (by node structure, not by chain positions, so it holds for any model
 the analysis covers) splits the entry's network into
 
 * P, the prefix: nodes structurally equal to the base's and fed only by P nodes (same values);
@@ -13,18 +13,9 @@ the analysis covers) splits the entry's network into
 * the region between them, run exactly on the base's cached P values, giving δ_f = entry − base
   at every f in F.
 
-The output divergence is then taken to second order from base-network gradients at F:
-
-* classifiers: KL(p ‖ q) ≈ ½ δᵀ 𝓕 δ with the Fisher matrix 𝓕 = E_{y∼p}[g_y g_yᵀ],
-  g_y = ∂ log p_y / ∂F, estimated with ``samples`` labels drawn from p per image;
-* other outputs: relative MSE ‖J δ‖² / ‖out‖², with ‖J δ‖² = E_v[(vᵀ J δ)²], v ∼ N(0, I)
-  (Hutchinson), ``samples`` draws per image.
-
-Why: the exact proxy runs every entry's network from its first change to the output; this one
-runs the base network forward and ``samples`` times backward once per batch, then per entry only
-its region (a few convs), which makes a MobileNetV2 table at 224×224 with 256 images a matter of
-minutes on two cores. Entries that change nothing have δ = 0 and score exactly 0; entries whose
-region reaches the outputs are scored exactly (no approximation is left).
+Why it is exact: base prefix values → the entry's region → the base's suffix is the entry's
+network (prefix and suffix compute what the entry's do); :mod:`depthfx.measure.importance.fisher`
+takes the suffix to second order from there.
 """
 
 from __future__ import annotations
@@ -39,9 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 from torch.fx._lazy_graph_module import _LazyGraphModule
-
-#: Label (or direction) draws per image for the second-order estimate.
-FISHER_SAMPLES = 4
 
 _OUT_OF_PLACE = {
     operator.iadd: operator.add,
@@ -246,110 +234,4 @@ def out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
     return gm.eval()
 
 
-class Draws:
-    """Gradient draws at one value, stored as (batch, draws, elements) rows in the value's
-    memory order, so that ``dot`` is one batched matrix product over views: no copy of the
-    draws (four times the value's size) per entry."""
-
-    def __init__(self, rows: torch.Tensor, order: list[int]) -> None:
-        self.rows = rows
-        self.order = order
-
-    @classmethod
-    def empty_like(cls, value: torch.Tensor, samples: int) -> Draws:
-        order = [0, *sorted(range(1, value.dim()), key=lambda d: -value.stride(d))]
-        rows = value.new_empty((len(value), samples, value[0].numel()), dtype=value.dtype)
-        return cls(rows, order)
-
-    @property
-    def samples(self) -> int:
-        return self.rows.shape[1]
-
-    def set(self, k: int, grad: torch.Tensor | None) -> None:
-        if grad is None:
-            self.rows[:, k].zero_()
-        else:
-            self.rows[:, k] = self._flat(grad)
-
-    def dot(self, delta: torch.Tensor) -> torch.Tensor:
-        """(batch, draws): each draw's gradient · delta, per image."""
-        return torch.bmm(self.rows, self._flat(delta).unsqueeze(-1)).squeeze(-1)
-
-    def _flat(self, t: torch.Tensor) -> torch.Tensor:
-        return t.permute(self.order).reshape(len(t), -1)
-
-
-class FisherScores:
-    """Running second-order estimates of each entry's output divergence (module docstring)."""
-
-    def __init__(self, keys: Iterable[Any], classifier: bool) -> None:
-        self.classifier = classifier
-        self.total = {k: 0.0 for k in keys}
-        self.sq_ref = 0.0
-        self.n = 0
-
-    def gradients(
-        self,
-        outputs: list[torch.Tensor],
-        frontier: list[torch.Tensor],
-        samples: int,
-        generator: torch.Generator,
-    ) -> list[Draws]:
-        """Per frontier value, the gradients (``samples`` draws) of log p_y, y ∼ p, for
-        classifiers, or of vᵀ·outputs, v ∼ N(0, I), otherwise."""
-        draws = [Draws.empty_like(f, samples) for f in frontier]
-        for k in range(samples):
-            if self.classifier:
-                log_p = F.log_softmax(outputs[0].double(), dim=1)
-                y = torch.multinomial(log_p.detach().exp(), 1, generator=generator)
-                objective = log_p.gather(1, y).sum()
-            else:
-                objective = sum(
-                    (torch.randn(o.shape, generator=generator, dtype=o.dtype) * o).sum()
-                    for o in outputs
-                )
-            grads = torch.autograd.grad(
-                objective, frontier, retain_graph=k < samples - 1, allow_unused=True
-            )
-            for d, g in zip(draws, grads, strict=True):
-                d.set(k, g)
-        return draws
-
-    def add_reference(self, outputs: list[torch.Tensor]) -> None:
-        self.sq_ref += sum(float((o.double() ** 2).sum()) for o in outputs)
-        self.n += len(outputs[0])
-
-    def add(self, key: Any, deltas: list[torch.Tensor], grads: list[Draws]) -> None:
-        """Accumulate Σ_images mean_draws (g · δ)² (½ of it for the KL); ``grads[i]`` holds
-        the draws of the gradient at the value whose change is ``deltas[i]``."""
-        s = sum(g.dot(d).double() for g, d in zip(grads, deltas, strict=True))
-        value = float((s**2).sum()) / grads[0].samples
-        self.total[key] += 0.5 * value if self.classifier else value
-
-    def state(self) -> dict[str, Any]:
-        """The running sums (JSON-ready; keys are tuples of ints)."""
-        totals = [[*k, v] for k, v in self.total.items()]
-        return {"classifier": self.classifier, "total": totals, "sq_ref": self.sq_ref, "n": self.n}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> FisherScores:
-        scores = cls([], state["classifier"])
-        scores.total = {tuple(row[:-1]): row[-1] for row in state["total"]}
-        scores.sq_ref, scores.n = state["sq_ref"], state["n"]
-        return scores
-
-    def score(self, key: Any) -> float:
-        if self.classifier:
-            return -self.total[key] / self.n + 0.0
-        return -(self.total[key] / self.sq_ref if self.sq_ref > 0 else self.total[key]) + 0.0
-
-
-__all__ = [
-    "FISHER_SAMPLES",
-    "Draws",
-    "FisherScores",
-    "Region",
-    "RegionFinder",
-    "out_of_place",
-    "signature",
-]
+__all__ = ["Region", "RegionFinder", "out_of_place", "signature", "with_values"]

@@ -1,9 +1,9 @@
 """Run many entries' regions with the nodes they have in common computed once.
 
-Pattern: the proxy's regions (:class:`depthfx.measure.fisher.RegionFinder`) of entries that start
-at the same block compute the same first convs from the same base values; they part only where
-their activations or merge groups do. MobileNetV2's 1009 regions hold 107 G MACs per image, of
-which 15 G are distinct.
+Pattern: the proxy's regions (:class:`~depthfx.measure.importance.regions.RegionFinder`) of
+entries that start at the same block compute the same first convs from the same base values; they
+part only where their activations or merge groups do. MobileNetV2's 1009 regions hold 107 G MACs
+per image, of which 15 G are distinct.
 
 Rewrite: every region node gets a structural key: what it computes (the module, function or
 method and its constant arguments) from which keyed inputs. A region input is keyed by the
@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import fx, nn
 
-from depthfx.measure.fisher import Region
+from depthfx.measure.importance.regions import Region
 
 K = TypeVar("K", bound=Hashable)
 

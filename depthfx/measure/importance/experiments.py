@@ -1,0 +1,116 @@
+"""The per-entry experiments of the ``finetune`` and ``callable`` importance methods.
+
+An :class:`Experiment` runs once on the base network and once per entry on the entry's
+prepared network (``prepare(model, entry_plan(...))``, a fresh copy each). The runner caches
+every result on disk (atomic JSON files), so an interrupted run resumes; ``shard=(k, n)`` of
+``measure_importance`` splits the entries across machines, and since each entry's seed depends
+on the entry only, the results do not depend on how the work was split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from depthfx.errors import TableError
+from depthfx.io import PathLike, atomic_write
+from depthfx.measure.importance.digests import model_hash
+from depthfx.measure.importance.entries import MergeRule, entry_plan
+from depthfx.measure.importance.methods import ImportanceResult
+from depthfx.passes.prepare import prepare
+from depthfx.records import Analysis, Chain
+from depthfx.solver.tables import ImportanceKey
+
+
+@dataclass
+class Experiment:
+    """``base(prepared) -> dict`` once; ``run(prepared, chain, key, base) -> metrics`` per
+    entry, in the order of ``columns``; ``settings`` identify the results in a cache."""
+
+    name: str
+    columns: tuple[str, ...]
+    score: str
+    base: Callable[[fx.GraphModule], dict[str, Any]]
+    run: Callable[[fx.GraphModule, Chain, ImportanceKey, dict[str, Any]], list[float]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run_experiments(
+    model: nn.Module,
+    analysis: Analysis,
+    keys: list[ImportanceKey],
+    experiment: Experiment,
+    merges: MergeRule | None,
+    merge_id: str | None,
+    *,
+    cache: PathLike | None,
+    progress: bool,
+) -> ImportanceResult:
+    """Run ``experiment`` per entry with on-disk caching: ``settings.json`` guards the folder
+    against mixing settings; ``base.json`` holds the base result; ``entry-c-st-end-sa-ea.json``
+    one entry each, written atomically as soon as it is done."""
+    from tqdm.auto import tqdm
+
+    folder = Path(cache) if cache is not None else None
+    settings = {**experiment.settings, "model": model_hash(model)}
+    if merge_id is not None:
+        settings["merges"] = merge_id
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        _check_settings(folder / "settings.json", settings)
+    base_file = folder / "base.json" if folder else None
+    if base_file is not None and base_file.exists():
+        base = json.loads(base_file.read_text())
+    else:
+        base = experiment.base(prepare(model, entry_plan(analysis, None, merges)))
+        if base_file is not None:
+            atomic_write(base_file, json.dumps(base) + "\n")
+    metrics: dict[ImportanceKey, list[float]] = {}
+    bar = tqdm(keys, desc=f"importance ({experiment.name})", unit="entry",
+               disable=None if progress else True)  # fmt: skip
+    for key in bar:
+        file = folder / f"entry-{'-'.join(map(str, key))}.json" if folder else None
+        if file is not None and file.exists():
+            metrics[key] = json.loads(file.read_text())["metrics"]
+            continue
+        torch.manual_seed(_entry_seed(experiment.settings.get("seed", 0), key))
+        chain = next(c for c in analysis.chains if c.index == key[0])
+        net = prepare(model, entry_plan(analysis, key, merges))
+        values = experiment.run(net, chain, key, base)
+        metrics[key] = [float(v) for v in values]
+        if file is not None:
+            atomic_write(file, json.dumps({"key": list(key), "metrics": metrics[key]}) + "\n")
+    scores = {k: metrics[k][experiment.columns.index(experiment.score)] for k in keys}
+    meta = {"method": experiment.name, "fingerprint": settings, "base": base}
+    columns = [experiment.score] + [c for c in experiment.columns if c != experiment.score]
+    reordered = {k: [metrics[k][experiment.columns.index(c)] for c in columns] for k in keys}
+    return ImportanceResult(scores, columns, reordered, meta)
+
+
+def _entry_seed(seed: int, key: ImportanceKey) -> int:
+    """A per-entry seed that does not depend on which shard or run measures the entry."""
+    digest = hashlib.sha256(json.dumps([seed, *key]).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise TableError(
+                f"{path}: the cache was made with other settings ({', '.join(diff)} differ); "
+                "use another cache folder or delete this one"
+            )
+    else:
+        atomic_write(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+__all__ = ["Experiment", "run_experiments"]
