@@ -20,7 +20,7 @@ from torch import nn
 from depthfx.benchmark import compare
 from depthfx.measure.latency import check_table, predict_ms
 from depthfx.plans import Plan
-from depthfx.solver.tables import LatencyTable
+from depthfx.solver import LatencyTable
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import fx, nn
 from depthfx.finetune import evaluate, finetune
 from depthfx.measure.importance import PAPER_COLUMNS
 from depthfx.records import Chain
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 
 @dataclass

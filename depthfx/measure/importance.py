@@ -63,8 +63,14 @@ from depthfx.passes.fold_bn import fold_bn_modules
 from depthfx.passes.prepare import prepare, rewrite_chain
 from depthfx.plans import Plan, chain_plan
 from depthfx.records import Analysis, Chain
-from depthfx.solver.dp import optimal_merge_pattern
-from depthfx.solver.tables import ImportanceKey, ImportanceTable, LatencyTable, Norm, _csv_text
+from depthfx.solver import (
+    ImportanceKey,
+    ImportanceTable,
+    LatencyTable,
+    Norm,
+    csv_text,
+    optimal_merge_pattern,
+)
 
 Method = str | Callable[[fx.GraphModule], float]
 PathLike = str | os.PathLike[str]
@@ -872,7 +878,7 @@ def write_raw_csv(table: ImportanceTable, path: PathLike) -> None:
         [0, n, *(k if multi else k[1:]), *(_blank(v) for v in rows[k])]
         for n, k in enumerate(table.scores)
     )
-    atomic_write(path, _csv_text(header, body))
+    atomic_write(path, csv_text(header, body))
 
 
 def _blank(value: float) -> float | str:

@@ -81,13 +81,12 @@ from depthfx.backends.timing import Timing, measure
 from depthfx.errors import DepthFXError, TableError
 from depthfx.measure.block_shapes import BlockSpec, ConvShape, block_spec
 from depthfx.measure.cache import TimingCache
-from depthfx.solver.dp import BUDGET_UNITS
-from depthfx.solver.tables import LatencyKey
+from depthfx.solver import BUDGET_UNITS, LatencyKey
 
 if TYPE_CHECKING:
     from depthfx.plans import Plan
     from depthfx.records import Analysis
-    from depthfx.solver.tables import ImportanceTable, LatencyTable
+    from depthfx.solver import ImportanceTable, LatencyTable
 
 
 #: Fingerprint keys that describe one model's inputs, not the setting of the table.
@@ -133,7 +132,7 @@ def check_table(
 
 def load_table(path: str | Path) -> LatencyTable:
     """A latency table from ``.json`` (with meta/fingerprint) or the paper's ``.csv``."""
-    from depthfx.solver.tables import LatencyTable
+    from depthfx.solver import LatencyTable
 
     path = Path(path)
     if path.suffix == ".csv":
@@ -283,7 +282,7 @@ def measure_latency_table(
     from tqdm.auto import tqdm
 
     from depthfx.passes.analyze import analyze
-    from depthfx.solver.tables import LatencyTable
+    from depthfx.solver import LatencyTable
 
     t_start = time.perf_counter()
     protocol = protocol or TimingProtocol()
@@ -669,7 +668,7 @@ def fit_calibration(
 def activation_importance(analysis: Analysis) -> ImportanceTable:
     """A latency-only importance: −(original activations an extended block removes), so the
     DP keeps as many activations as the budget allows (calibration plans, benchmarks)."""
-    from depthfx.solver.tables import ImportanceTable
+    from depthfx.solver import ImportanceTable
 
     entries = {}
     for chain in analysis.chains:
@@ -690,7 +689,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
     the budget allows (:func:`activation_importance`). Duplicates are dropped."""
     from depthfx.errors import InfeasibleBudget
     from depthfx.plans import Plan, solution_chains
-    from depthfx.solver.dp import solve
+    from depthfx.solver import solve
 
     if n < 1:
         raise DepthFXError(f"calibration_plans must be >= 1, got {n}")

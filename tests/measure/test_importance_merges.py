@@ -18,8 +18,7 @@ from depthfx.measure.importance import (
 from depthfx.passes.analyze import analyze
 from depthfx.passes.prepare import prepare
 from depthfx.records import Analysis
-from depthfx.solver import ImportanceTable, LatencyTable, solve
-from depthfx.solver.dp import optimal_merge_pattern
+from depthfx.solver import ImportanceTable, LatencyTable, optimal_merge_pattern, solve
 
 X1 = torch.zeros(1, 1, 8, 8)
 
