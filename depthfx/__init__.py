@@ -32,9 +32,9 @@ _LAZY = {
     "Plan": "depthfx.plans",
     "plan": "depthfx.api",
     "compile": "depthfx.api",
-    "LatencyTable": "depthfx.solver.tables",
-    "ImportanceTable": "depthfx.solver.tables",
-    "solve": "depthfx.solver.dp",
+    "LatencyTable": "depthfx.solver",
+    "ImportanceTable": "depthfx.solver",
+    "solve": "depthfx.solver",
 }
 
 __all__ = [

@@ -187,11 +187,11 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
 def _deployed_chain_ms(latency: LatencyTable, solution: Solution) -> float:
     """Σ T over the merge groups the plan deploys: the fastest S for each chain's A when the
     solver checked it on the raw table (:func:`~depthfx.plans.solution_chains`)."""
-    if solution.merge_check_pos is None:
+    if solution.fastest_merge_pos is None:
         return solution.time
     return sum(
         latency.times[c.chain, i, j]
-        for c, merges in zip(solution.chains, solution.merge_check_pos, strict=True)
+        for c, merges in zip(solution.chains, solution.fastest_merge_pos, strict=True)
         for i, j in zip([0, *merges], merges, strict=False)
     )
 

@@ -21,7 +21,7 @@ from depthfx.io import write_json
 
 if TYPE_CHECKING:
     from depthfx.records import Analysis
-    from depthfx.solver.dp import Solution
+    from depthfx.solver import Solution
 
 
 class PlanError(DepthFXError, ValueError):
@@ -150,13 +150,13 @@ def chain_plan(convs: Sequence[str], act_pos: Iterable[int], merge_pos: Iterable
 def solution_chains(analysis: Analysis, solution: Solution) -> tuple[ChainPlan, ...]:
     """The ChainPlans of a DP solution, one per chain of ``analysis``, in its order.
 
-    S is the fastest S ⊇ A on the raw latency table (``solution.merge_check_pos``, spec §4.5)
+    S is the fastest S ⊇ A on the raw latency table (``solution.fastest_merge_pos``, spec §4.5)
     when the solver had that table, else DP2's. They differ where the paper's DP1 could not
     split a block: it splits only where every prefix is itself a valid block (spec §7.16), so
     across residuals it can keep a merged block that its single convs beat (EfficientNet-Lite0:
     a 13×13 merge of nine convs, 3× slower than the nine). A's time can only drop, so the
     budget still holds."""
-    fastest = solution.merge_check_pos
+    fastest = solution.fastest_merge_pos
     return tuple(
         chain_plan(
             [c.node for c in chain.convs],

@@ -21,7 +21,7 @@ from depthfx.benchmark import compare
 from depthfx.measure.prediction import predict_ms
 from depthfx.measure.setting import check_table
 from depthfx.plans import Plan
-from depthfx.solver.tables import LatencyTable
+from depthfx.solver import LatencyTable
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,29 @@
-"""Table-level two-stage DP of Kim et al. (ICML 2023): latency/importance tables and `solve`."""
+"""Table-level two-stage DP of Kim et al. (ICML 2023): latency/importance tables and `solve`.
+
+One concept per module, bottom-up: ``table_io`` (CSV/JSON formats and validation),
+``optimal_times`` (DP1, T_opt), ``extend_importance`` (DP3, I_ext), ``latency_table`` and
+``importance_table`` (the tables, raw and derived), ``merge_pattern`` (the fastest S ⊇ A on the
+raw latency table, spec §4.5) and ``budget_dp`` (DP2: :func:`solve`).
+"""
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
-from depthfx.solver.dp import (
-    BUDGET_UNITS,
-    ChainSolution,
-    MergePattern,
-    Solution,
-    extend_importance,
-    optimal_merge_pattern,
-    optimal_times,
-    solve,
-)
-from depthfx.solver.tables import (
+from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
+from depthfx.solver.extend_importance import extend_importance
+from depthfx.solver.importance_table import (
+    NORMS,
     ExtendedImportanceTable,
     ImportanceKey,
     ImportanceTable,
-    LatencyKey,
-    LatencyTable,
-    OptimalLatencyTable,
+    Norm,
 )
+from depthfx.solver.latency_table import LatencyKey, LatencyTable, OptimalLatencyTable
+from depthfx.solver.merge_pattern import MergePattern, optimal_merge_pattern
+from depthfx.solver.optimal_times import optimal_times
+from depthfx.solver.table_io import csv_text
 
 __all__ = [
     "BUDGET_UNITS",
+    "NORMS",
     "ChainSolution",
     "ExtendedImportanceTable",
     "ImportanceKey",
@@ -29,13 +31,16 @@ __all__ = [
     "LatencyKey",
     "LatencyTable",
     "MergePattern",
+    "Norm",
     "OptimalLatencyTable",
     "Solution",
+    "csv_text",
     "extend_importance",
     "extended_blocks",
     "is_valid_block",
     "optimal_merge_pattern",
     "optimal_times",
+    "round7",
     "solve",
     "valid_blocks",
 ]

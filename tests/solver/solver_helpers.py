@@ -7,13 +7,48 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from depthfx.blocks import Block, ExtendedBlock
 from depthfx.solver import ImportanceTable, LatencyTable, extended_blocks, valid_blocks
 
-Block = tuple[int, int]
-Flagged = tuple[int, int, int, int]
+#: The paper's latency tables shipped under tests/data/paper_tables (net → file tag).
+NETS = {
+    "mbv2_1.0": "fish_gpu1_1228",
+    "mbv2_1.4": "fish_gpu1_0103",
+    "vgg19_no_trt": "fish_gpu1_0317",
+}
+IMP = "mbv2_1.0_synthetic_importance_raw.csv"
+MBV2_BLOCK_ENDS = set(range(2, 51, 3))
+
+
+#: Small well-formed tables that the bad-input tests corrupt one field at a time.
+GOOD_LAT = "id,st,end,time,stdev\n0,0,1,1.0,0.1\n1,0,2,1.5,0.1\n2,1,2,1.0,0.1\n"
+GOOD_IMP = (
+    ",id,st,end,st_act,end_act,train_loss,train_acc,val_loss,val_acc\n"
+    "0,0,0,1,1,1,0,0,0,-1.0\n0,1,0,2,1,1,0,0,0,-2.0\n0,2,1,2,1,1,0,0,0,-1.5\n"
+)
+
+
+def paper_table(data_dir: Path, net: str, kind: str) -> Path:
+    """``kind`` = ``time`` or ``opt_time`` file of ``net``."""
+    return data_dir / "paper_tables" / net / f"{kind}_{NETS[net]}.csv"
+
+
+def write_file(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def fold(values: list[float]) -> float:
+    """Left-to-right float sum (the order the solver sums in)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
 
 
 @dataclass
@@ -22,21 +57,21 @@ class Instance:
 
     length: int
     blocks: list[Block]
-    ext: list[Flagged]
+    ext: list[ExtendedBlock]
     times: dict[Block, float]
-    scores: dict[Flagged, float]
+    scores: dict[ExtendedBlock, float]
 
 
 def random_instance(rng: np.random.Generator, length: int, quantised: bool) -> Instance:
-    """Random breaks/residuals/optional positions; latencies and scores, optionally on a coarse
+    """Random barriers/residuals/optional positions; latencies and scores, optionally on a coarse
     grid so that exact ties (and the tie rules) are exercised."""
-    breaks = [p for p in range(1, length) if rng.random() < 0.25]
+    barriers = [p for p in range(1, length) if rng.random() < 0.25]
     residuals = []
     for _ in range(int(rng.integers(0, 3))):
         s = int(rng.integers(0, length))
         t = int(rng.integers(s + 1, length + 1))
         residuals.append((s, t))
-    blocks = valid_blocks(length, breaks, residuals)
+    blocks = valid_blocks(length, barriers, residuals)
     optional = [p for p in range(1, length + 1) if rng.random() < 0.5]
     fixed = {length: int(rng.integers(0, 2))} if length in optional and rng.random() < 0.3 else None
     ext = extended_blocks(blocks, optional, exclude_zeros=bool(rng.random() < 0.5), pinned=fixed)
@@ -83,7 +118,7 @@ def brute_topt(times: dict[Block, float], st: int, end: int) -> float:
     return best
 
 
-def brute_iext(h: dict[Flagged, float], key: Flagged) -> float:
+def brute_iext(h: dict[ExtendedBlock, float], key: ExtendedBlock) -> float:
     """max Σ h over chains of pieces joined at activation-free ends, every prefix an entry."""
     st, end, sa, ea = key
     best = -math.inf
@@ -100,8 +135,8 @@ def brute_iext(h: dict[Flagged, float], key: Flagged) -> float:
 
 
 def configurations(
-    length: int, cost: dict[Block, int], iext: dict[Flagged, float]
-) -> list[tuple[int, list[float], list[Flagged]]]:
+    length: int, cost: dict[Block, int], iext: dict[ExtendedBlock, float]
+) -> list[tuple[int, list[float], list[ExtendedBlock]]]:
     """Every (B, flags) configuration of one chain: (Σ g, [I_ext per block], blocks)."""
     out = []
     for pts in partitions(0, length):
@@ -128,8 +163,8 @@ def brute_merge(times: dict[Block, float], length: int, acts: set[int]) -> float
 
 def reference_dp2(
     topt: dict[Block, float],
-    breaks: dict[Block, tuple[int, ...]],
-    iext: dict[Flagged, float],
+    splits: dict[Block, tuple[int, ...]],
+    iext: dict[ExtendedBlock, float],
     length: int,
     budget: float,
     prec: float,
@@ -164,7 +199,7 @@ def reference_dp2(
                     r_imp, r_cand = round(max_imp, 7), round(cand, 7)
                     if r_imp < r_cand or (r_imp == r_cand and cand_time < opt_time):
                         max_imp, opt_time, arg = cand, cand_time, (t - g, i, j)
-                        brks = set(breaks[i, m])
+                        brks = set(splits[i, m])
                         mpos = brks if i == 0 else brks | mpos_tab[t - g, i, j]
                 if arg is not None:
                     dp[t, m, a] = max_imp

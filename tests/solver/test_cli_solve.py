@@ -75,7 +75,7 @@ def test_single_budget(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
     shipped = OptimalLatencyTable.read_csv(
         data_dir / "paper_tables/mbv2_1.0/opt_time_fish_gpu1_1228.csv"
     )
-    assert OptimalLatencyTable.read_csv(opt).breaks == shipped.breaks
+    assert OptimalLatencyTable.read_csv(opt).splits == shipped.splits
     assert ext.read_text().startswith("id,st,end,st_act,end_act,imp,breaks\n")
 
 

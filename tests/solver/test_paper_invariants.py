@@ -56,7 +56,7 @@ def _check(lat: LatencyTable, imp: ImportanceTable, budget: float, prec: float, 
     blocks = sol.chains[0].blocks
     assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]]
     assert {b[1] for b in blocks if b[3]} == A
-    assert set().union(*(opt.breaks[0, i, m] for i, m, _, _ in blocks)) - {0} == S
+    assert set().union(*(opt.splits[0, i, m] for i, m, _, _ in blocks)) - {0} == S
     units = int(budget * prec)
     assert sol.budget_units == units
     objective, time_units, time = 0.0, 0, 0.0
@@ -71,7 +71,7 @@ def _check(lat: LatencyTable, imp: ImportanceTable, budget: float, prec: float, 
     # merge-pattern cross-check, recomputed here on the raw table
     assert sol.merge_check is True
     mp = optimal_merge_pattern(A, lat)
-    assert mp.merge_pos == sol.merge_pos == sol.merge_check_pos[0]
+    assert mp.merge_pos == sol.merge_pos == sol.fastest_merge_pos[0]
     raw_sum = 0.0
     for p in itertools.pairwise([0, *sol.merge_pos]):
         raw_sum += lat.times[(0, *p)]
@@ -100,7 +100,7 @@ def test_vgg(data_dir: Path) -> None:
     sol = _check(lat, imp, 160, 10, VGG_BREAKS)
     # VGG has only (1,1) entries: A = S minus the inner DP1 breaks (spec §6.2)
     inner = set().union(
-        *(lat.optimal().breaks[0, i, m][1:-1] for i, m, _, _ in sol.chains[0].blocks)
+        *(lat.optimal().splits[0, i, m][1:-1] for i, m, _, _ in sol.chains[0].blocks)
     )
     assert set(sol.act_pos) == set(sol.merge_pos) - inner
     assert set(sol.act_pos) >= VGG_BREAKS
@@ -112,7 +112,7 @@ def test_mbv2_matches_original_transcription(data_dir: Path, budget: float) -> N
     opt, ext = lat.optimal(), imp.extended()
     ref = reference_dp2(
         {k[1:]: v for k, v in opt.times.items()},
-        {k[1:]: v for k, v in opt.breaks.items()},
+        {k[1:]: v for k, v in opt.splits.items()},
         {k[1:]: v for k, v in ext.values.items()},
         50,
         budget,

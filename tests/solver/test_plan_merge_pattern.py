@@ -46,7 +46,7 @@ def test_plan_uses_the_fastest_merge_pattern_where_dp1_cannot_split() -> None:
     with pytest.warns(RuntimeWarning, match="merge positions differ"):
         paper = solve(latency, importance, budget=budget_ms - FIXED_MS, prec=100)
     assert paper.chains[0].merge_pos == [3]  # DP1 kept the merged block (2.0 ms)
-    assert paper.merge_check_pos == [[1, 2, 3]]  # its single convs take 1.5 ms
+    assert paper.fastest_merge_pos == [[1, 2, 3]]  # its single convs take 1.5 ms
 
     with warnings.catch_warnings():  # the plan deploys the merge DP's S: nothing to warn of
         warnings.simplefilter("error", RuntimeWarning)

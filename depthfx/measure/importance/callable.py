@@ -20,7 +20,7 @@ from depthfx.measure.importance.methods import (
     register_importance_method,
 )
 from depthfx.records import Chain
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 
 @register_importance_method("callable", norm="none", alpha=1.0)

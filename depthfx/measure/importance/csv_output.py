@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from depthfx.io import PathLike, atomic_write
-from depthfx.solver.tables import ImportanceTable, _csv_text
+from depthfx.solver import ImportanceTable, csv_text
 
 
 def write_raw_csv(table: ImportanceTable, path: PathLike) -> None:
@@ -24,7 +24,7 @@ def write_raw_csv(table: ImportanceTable, path: PathLike) -> None:
         [0, n, *(k if multi else k[1:]), *(_blank(v) for v in rows[k])]
         for n, k in enumerate(table.scores)
     )
-    atomic_write(path, _csv_text(header, body))
+    atomic_write(path, csv_text(header, body))
 
 
 def _blank(value: float) -> float | str:

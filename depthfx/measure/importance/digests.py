@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from depthfx.solver.tables import ImportanceKey, LatencyTable
+from depthfx.solver import ImportanceKey, LatencyTable
 
 
 def keys_digest(keys: list[ImportanceKey]) -> str:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from depthfx.errors import DepthFXError
 from depthfx.plans import Plan, chain_plan
 from depthfx.records import Analysis
-from depthfx.solver.dp import optimal_merge_pattern
-from depthfx.solver.tables import ImportanceKey, LatencyTable
+from depthfx.solver import ImportanceKey, LatencyTable, optimal_merge_pattern
 
 
 def entries_of(analysis: Analysis, exclude_zeros: bool = True) -> list[ImportanceKey]:

@@ -34,7 +34,7 @@ from depthfx.measure.importance.networks import build_network
 from depthfx.measure.importance.proxy_data import proxy_inputs
 from depthfx.measure.importance.regions import signature
 from depthfx.records import Analysis, Chain
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 
 def exact_proxy(

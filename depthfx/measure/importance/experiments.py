@@ -26,7 +26,7 @@ from depthfx.measure.importance.entries import MergeRule, entry_plan
 from depthfx.measure.importance.methods import ImportanceResult
 from depthfx.passes.prepare import prepare
 from depthfx.records import Analysis, Chain
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 
 @dataclass

@@ -24,7 +24,7 @@ from depthfx.measure.importance.methods import (
     register_importance_method,
 )
 from depthfx.records import Chain
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 #: Raw ``importance.csv`` metric columns of the paper (spec §3.2).
 PAPER_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")

@@ -56,7 +56,7 @@ from depthfx.measure.importance.proxy_data import Batches, proxy_inputs
 from depthfx.measure.importance.regions import RegionFinder, with_values
 from depthfx.measure.importance.shared_regions import SharedRegions
 from depthfx.records import Analysis
-from depthfx.solver.tables import ImportanceKey
+from depthfx.solver import ImportanceKey
 
 #: Label (or direction) draws per image for the second-order estimate.
 FISHER_SAMPLES = 4

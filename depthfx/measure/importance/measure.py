@@ -21,7 +21,7 @@ from depthfx.measure.importance.entries import entries_of, fastest_merges
 from depthfx.measure.importance.methods import ImportanceRequest, importance_method
 from depthfx.passes.analyze import analyze
 from depthfx.records import Analysis
-from depthfx.solver.tables import ImportanceTable, LatencyTable, Norm
+from depthfx.solver import ImportanceTable, LatencyTable, Norm
 
 #: A registered method's name, or a user score f(prepared_model) -> float.
 Method = str | Callable[[fx.GraphModule], float]

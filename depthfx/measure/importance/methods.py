@@ -21,7 +21,7 @@ from depthfx.errors import DepthFXError
 from depthfx.io import PathLike
 from depthfx.measure.importance.entries import MergeRule
 from depthfx.records import Analysis
-from depthfx.solver.tables import ImportanceKey, Norm
+from depthfx.solver import ImportanceKey, Norm
 
 
 @dataclass(frozen=True)

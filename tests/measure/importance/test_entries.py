@@ -11,8 +11,7 @@ from depthfx.errors import DepthFXError
 from depthfx.measure.importance import build_network, entries_of, entry_plan, fastest_merges
 from depthfx.passes.analyze import analyze
 from depthfx.records import Analysis
-from depthfx.solver import ImportanceTable, LatencyTable, solve
-from depthfx.solver.dp import optimal_merge_pattern
+from depthfx.solver import ImportanceTable, LatencyTable, optimal_merge_pattern, solve
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,22 +1,15 @@
-"""The three DPs of Kim et al. (ICML 2023), exactly as the original code computes them (spec §2.4,
-§3.5, §4), plus the merge-pattern DP of §4.5.
+"""DP2 of Kim et al. (ICML 2023), exactly as the original code computes it (spec §4): the
+activation and merge pattern with the largest Σ I_ext under a latency budget.
 
-* DP1 (:func:`optimal_times`): T_opt(i, j) = min(T(i, j), min_k T_opt(i, k) + T(k, j)) over
-  k with (i, k) and (k, j) valid; a split must be *strictly* faster (direct block wins ties,
-  then the smallest k). ``breaks`` lists the split points with both ends; stdev_opt is the sum
-  of the pieces' stdevs.
-* DP3 (:func:`extend_importance`): I_ext(st, end, sa, ea) = max(h(st, end, sa, ea),
-  max_j I_ext(st, j, sa, 0) + h(j, end, 0, ea)); strictly greater wins (direct entry, then the
-  smallest j).
-* DP2 (:func:`solve`): maximise Σ I_ext(b_{k−1}, b_k, a_{k−1}, a_k) subject to
-  Σ ⌊prec·T_opt(b_{k−1}, b_k)⌋ ≤ T = int(prec·T0) (truncation). D(t, m, a) is the best value
-  of a prefix ending in a DP block end m with activation flag a and integer cost ≤ t; the base
-  is D(t, 0, 1) = 0 for t = 0 … T−1 (not T, as in the original). Candidates are scanned in
-  (i ascending, j = 0 then 1) order and one replaces the incumbent iff round(cand, 7) >
-  round(best, 7), or they are equal after rounding and the candidate's integer cost is
-  strictly smaller (Python's ``round``, reproduced exactly). The final flag is the plain
-  argmax of D(T, L, a), a = 0 winning an exact tie. Values are summed from the first block
-  forward, so the recomputed objective equals D(T, L, a*) bit for bit (asserted).
+Maximise Σ I_ext(b_{k−1}, b_k, a_{k−1}, a_k) subject to Σ ⌊prec·T_opt(b_{k−1}, b_k)⌋ ≤ T =
+int(prec·T0) (truncation). D(t, m, a) is the best value of a prefix ending in a DP block end m
+with activation flag a and integer cost ≤ t; the base is D(t, 0, 1) = 0 for t = 0 … T−1 (not T,
+as in the original). Candidates are scanned in (i ascending, j = 0 then 1) order and one
+replaces the incumbent iff round(cand, 7) > round(best, 7), or they are equal after rounding and
+the candidate's integer cost is strictly smaller (Python's ``round``, reproduced exactly:
+:func:`round7`). The final flag is the plain argmax of D(T, L, a), a = 0 winning an exact tie.
+Values are summed from the first block forward, so the recomputed objective equals D(T, L, a*)
+bit for bit (asserted).
 
 Vectorised over the budget axis t with NumPy; back-pointers replace the original's per-state
 merge-position sets. Several chains share ONE budget: chain c+1's position 0 (flag 1) is fed,
@@ -34,116 +27,22 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from depthfx.blocks import Block, ExtendedBlock
 from depthfx.errors import InfeasibleBudget, TableError
-
-if TYPE_CHECKING:
-    from depthfx.solver.tables import (
-        ExtendedImportanceTable,
-        ImportanceTable,
-        LatencyTable,
-        OptimalLatencyTable,
-    )
-
-Block = tuple[int, int]
+from depthfx.solver.importance_table import ExtendedImportanceTable, ImportanceTable
+from depthfx.solver.latency_table import LatencyTable, OptimalLatencyTable
+from depthfx.solver.merge_pattern import optimal_merge_pattern
 
 #: Integer units the chain budget is divided into when the caller gives no ``prec``: fine
 #: enough that rounding moves a plan by about 0.05 % of the budget, coarse enough for
 #: millisecond solves.
 BUDGET_UNITS = 2000
-Flagged = tuple[int, int, int, int]
-
-
-# ----------------------------------------------------------------------------- DP1 and DP3
-
-
-def optimal_times(
-    blocks: Mapping[Block, tuple[float, float]],
-) -> dict[Block, tuple[float, float, tuple[int, ...]]]:
-    """DP1 on one chain: ``{(st, end): (time, stdev)}`` → ``{(st, end): (T_opt, stdev_opt,
-    breaks)}``. Only splits whose prefix (i, k) is itself a valid block are considered."""
-    out: dict[Block, tuple[float, float, tuple[int, ...]]] = {}
-    for st, end in sorted(blocks):
-        best, stdev = blocks[st, end]
-        brk: tuple[int, ...] = (st, end)
-        for k in range(st + 1, end):
-            if (st, k) in out and (k, end) in blocks:
-                t_k, s_k = blocks[k, end]
-                prefix = out[st, k]
-                if prefix[0] + t_k < best:
-                    best, stdev, brk = prefix[0] + t_k, prefix[1] + s_k, (*prefix[2], end)
-        out[st, end] = (best, stdev, brk)
-    return out
-
-
-def extend_importance(h: Mapping[Flagged, float]) -> dict[Flagged, tuple[float, tuple[int, ...]]]:
-    """DP3 on one chain: normalised ``{(st, end, sa, ea): h}`` → ``{key: (I_ext, breaks)}``."""
-    out: dict[Flagged, tuple[float, tuple[int, ...]]] = {}
-    for key in sorted(h, key=lambda k: (k[0], k[1], -k[2], -k[3])):
-        st, end, sa, ea = key
-        best, brk = h[key], (st, end)
-        for j in range(st + 1, end):
-            prefix = out.get((st, j, sa, 0))
-            if prefix is not None and (j, end, 0, ea) in h:
-                cand = prefix[0] + h[j, end, 0, ea]
-                if cand > best:
-                    best, brk = cand, (*prefix[1], end)
-        out[key] = (best, brk)
-    return out
-
-
-# ----------------------------------------------------------------------------- merge pattern
-
-
-@dataclass(frozen=True)
-class MergePattern:
-    """Fastest S ⊇ A on the raw T table (spec §4.5): positions (0 excluded), Σ T, Σ stdev."""
-
-    merge_pos: list[int]
-    time: float
-    stdev: float
-
-
-def optimal_merge_pattern(
-    act_pos: Iterable[int], latency: LatencyTable, chain: int = 0
-) -> MergePattern:
-    """1-D DP over the raw latency table: D[m] = min_t D[t] + T(t, m) for t in
-    [max(A ∪ {0} below m), m) with (t, m) valid, so no block crosses a kept activation; ties
-    keep the smallest t."""
-    if chain not in latency.lengths:
-        raise TableError(f"{latency.source}: no chain {chain} in the latency table")
-    length = latency.lengths[chain]
-    starts = {0, *act_pos}
-    best: list[float] = [0.0] + [math.inf] * length
-    arg = [0] * (length + 1)
-    for m in range(1, length + 1):
-        t_max = max(x for x in starts if x < m)
-        for t in range(t_max, m):
-            g = latency.times.get((chain, t, m))
-            if g is not None and best[t] + g < best[m]:
-                best[m], arg[m] = best[t] + g, t
-    if math.isinf(best[length]):
-        raise TableError(
-            f"{latency.source}: chain {chain}: no valid blocks realise activations "
-            f"{sorted(set(act_pos))}"
-        )
-    pos, m = set(), length
-    while m > 0:
-        pos.add(m)
-        m = arg[m]
-    stdev, st = 0.0, 0
-    for p in sorted(pos):
-        stdev += latency.stdevs[chain, st, p]
-        st = p
-    return MergePattern(sorted(pos), best[length], stdev)
-
-
-# ----------------------------------------------------------------------------- DP2
 
 
 @dataclass(frozen=True)
@@ -153,7 +52,7 @@ class ChainSolution:
     chain: int
     act_pos: list[int]
     merge_pos: list[int]
-    blocks: list[Flagged]
+    blocks: list[ExtendedBlock]
     objective: float
     time_units: int
     time: float
@@ -165,7 +64,9 @@ class Solution:
     ``time`` = Σ T_opt over all chains' DP blocks, in chain then position order.
 
     ``merge_check`` says whether the merge-pattern DP on the raw table reproduces S for the
-    chosen A (None when no raw table was given); ``merge_check_pos`` holds its S per chain.
+    chosen A (None when no raw table was given); ``fastest_merge_pos`` holds that DP's S per
+    chain, the fastest S ⊇ A on the raw table, which plans deploy (not written by
+    :meth:`to_dict`).
     """
 
     chains: list[ChainSolution]
@@ -176,7 +77,7 @@ class Solution:
     prec: float
     budget_units: int
     merge_check: bool | None = None
-    merge_check_pos: list[list[int]] | None = field(default=None)
+    fastest_merge_pos: list[list[int]] | None = None
 
     def _single(self) -> ChainSolution:
         if len(self.chains) != 1:
@@ -218,22 +119,24 @@ class Solution:
 
 
 @dataclass
-class _Chain:
-    """One chain pre-indexed for DP2: integer costs, T_opt, breaks and candidate lists."""
+class _ChainCosts:
+    """One chain pre-indexed for DP2: integer costs, T_opt, DP1 splits and candidate lists."""
 
     chain: int
     length: int
     cost: dict[Block, int]
     time: dict[Block, float]
-    breaks: dict[Block, tuple[int, ...]]
-    imp: dict[Flagged, float]
+    splits: dict[Block, tuple[int, ...]]
+    imp: dict[ExtendedBlock, float]
     # cands[m][a] = [(i, j, g, h), ...] in (i ascending, j = 0 then 1) order
     cands: list[list[list[tuple[int, int, int, float]]]]
 
 
-def _round7(x: np.ndarray) -> np.ndarray:
-    """Python's ``round(v, 7)`` elementwise. ``np.round`` rounds fl(v·1e7), which can differ
-    when v·1e7 lies within an ulp of a half-integer; those few values use Python's round."""
+def round7(x: np.ndarray) -> np.ndarray:
+    """Python's ``round(v, 7)`` elementwise: the rounding DP2 compares candidates after (the
+    original code's rule, see the module docstring). ``np.round`` rounds fl(v·1e7), which can
+    differ when v·1e7 lies within an ulp of a half-integer; those few values use Python's
+    round. ``-inf`` stays ``-inf``."""
     with np.errstate(invalid="ignore", over="ignore"):
         y = x * 1e7
         out = np.round(x, 7)
@@ -245,7 +148,9 @@ def _round7(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare(opt: OptimalLatencyTable, ext: ExtendedImportanceTable, prec: float) -> list[_Chain]:
+def _prepare(
+    opt: OptimalLatencyTable, ext: ExtendedImportanceTable, prec: float
+) -> list[_ChainCosts]:
     """Check that the two tables describe the same blocks and index them per chain."""
     if set(opt.lengths) != set(ext.lengths):
         raise TableError(
@@ -275,12 +180,12 @@ def _prepare(opt: OptimalLatencyTable, ext: ExtendedImportanceTable, prec: float
         for i, m, j, a in sorted(imp):
             cands[m][a].append((i, j, cost[i, m], imp[i, m, j, a]))
         chains.append(
-            _Chain(
+            _ChainCosts(
                 chain=c,
                 length=length,
                 cost=cost,
                 time={k[1:]: v for k, v in opt.times.items() if k[0] == c},
-                breaks={k[1:]: v for k, v in opt.breaks.items() if k[0] == c},
+                splits={k[1:]: v for k, v in opt.splits.items() if k[0] == c},
                 imp=imp,
                 cands=cands,
             )
@@ -288,7 +193,7 @@ def _prepare(opt: OptimalLatencyTable, ext: ExtendedImportanceTable, prec: float
     return chains
 
 
-def _cost_bounds(chains: Sequence[_Chain], source: str) -> tuple[float, float]:
+def _cost_bounds(chains: Sequence[_ChainCosts], source: str) -> tuple[float, float]:
     """(smallest positive, largest) integer cost of a complete configuration over all chains.
 
     The base case D(t, 0, 1) exists only for t ≤ T−1, so the final state D(T, L, ·) is reached
@@ -333,7 +238,7 @@ _State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # value, cost, p
 
 
 def _forward(
-    chains: Sequence[_Chain], T: int
+    chains: Sequence[_ChainCosts], T: int
 ) -> tuple[list[list[list[_State | None]]], list[np.ndarray]]:
     """DP2 tables for t = 0 … T; per chain ``states[m][a]`` and the flag feeding each start."""
     n = T + 1
@@ -360,7 +265,7 @@ def _forward(
                         continue
                     cv = prev[0][: n - g] + h
                     cc = prev[1][: n - g] + g
-                    rc = _round7(cv)
+                    rc = round7(cv)
                     rb = rbest[g:]
                     take = ((rc > rb) | ((rc == rb) & (cc < bcost[g:]))) & (cv > -np.inf)
                     np.copyto(best[g:], cv, where=take)
@@ -395,12 +300,11 @@ def solve(
     ``budget`` is in the latency table's unit (ms for the paper's tables). Raw tables are
     turned into T_opt (DP1) and I_ext (DP3) first; with a raw latency table the result is
     cross-checked against :func:`optimal_merge_pattern` (``Solution.merge_check``, a warning
-    if it fails unless ``warn=False``: plans deploy the merge DP's S anyway). Raises
+    if it fails unless ``warn=False``: plans deploy the merge DP's S anyway, kept in
+    ``Solution.fastest_merge_pos``). Raises
     :class:`depthfx.InfeasibleBudget` (with the smallest feasible budget) when no configuration
     fits, :class:`depthfx.TableError` when the tables do not match.
     """
-    from depthfx.solver.tables import ImportanceTable, LatencyTable
-
     if not (math.isfinite(budget) and math.isfinite(prec) and prec > 0):
         raise ValueError(f"budget and prec must be finite and prec > 0 (got {budget}, {prec})")
     raw = latency if isinstance(latency, LatencyTable) else None
@@ -436,11 +340,11 @@ def solve(
             RuntimeWarning,
             stacklevel=2,
         )
-    return replace(solution, merge_check=ok, merge_check_pos=check)
+    return replace(solution, merge_check=ok, fastest_merge_pos=check)
 
 
 def _backtrack(
-    chains: Sequence[_Chain],
+    chains: Sequence[_ChainCosts],
     states: list[list[list[_State | None]]],
     start_flags: list[np.ndarray],
     T: int,
@@ -452,7 +356,7 @@ def _backtrack(
 ) -> Solution:
     """Follow back-pointers from (T, L, a*) through every chain; recompute and check sums."""
     t = T
-    per_chain: list[list[Flagged]] = []
+    per_chain: list[list[ExtendedBlock]] = []
     for c in range(len(chains) - 1, -1, -1):
         ch, m, blocks = chains[c], chains[c].length, []
         while m > 0:
@@ -479,7 +383,7 @@ def _backtrack(
             time_units, c_units = time_units + g, c_units + g
             time, c_time = time + f, c_time + f
             ends.add(m)
-            merge.update(ch.breaks[i, m])
+            merge.update(ch.splits[i, m])
             if a_m:
                 acts.add(m)
         merge.discard(0)
