@@ -11,6 +11,18 @@ from depthfx.solver.dp import (
     optimal_times,
     solve,
 )
+from depthfx.solver.layermerge_dp import (
+    LAYERMERGE_PREC,
+    Child,
+    LayerMergeSolution,
+    solve_layermerge,
+)
+from depthfx.solver.layermerge_tables import (
+    LayerMergeImportanceTable,
+    LayerMergeLatencyTable,
+    LayerMergeTable,
+    Variant,
+)
 from depthfx.solver.tables import (
     ExtendedImportanceTable,
     ImportanceKey,
@@ -22,20 +34,28 @@ from depthfx.solver.tables import (
 
 __all__ = [
     "BUDGET_UNITS",
+    "LAYERMERGE_PREC",
     "ChainSolution",
+    "Child",
     "ExtendedImportanceTable",
     "ImportanceKey",
     "ImportanceTable",
     "LatencyKey",
     "LatencyTable",
+    "LayerMergeImportanceTable",
+    "LayerMergeLatencyTable",
+    "LayerMergeSolution",
+    "LayerMergeTable",
     "MergePattern",
     "OptimalLatencyTable",
     "Solution",
+    "Variant",
     "extend_importance",
     "extended_blocks",
     "is_valid_block",
     "optimal_merge_pattern",
     "optimal_times",
     "solve",
+    "solve_layermerge",
     "valid_blocks",
 ]
