@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from depthfx.commands._common import parse_shape
+from depthfx.commands.model_args import parse_shape
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
 

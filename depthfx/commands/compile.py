@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from depthfx.commands._common import add_model_arguments, load_model_and_input
+from depthfx.commands.model_args import add_model_arguments, load_model_and_input
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
 

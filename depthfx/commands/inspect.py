@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from depthfx.commands._common import add_model_arguments, load_model_and_input
+from depthfx.commands.model_args import add_model_arguments, load_model_and_input
 from depthfx.io import write_json
 
 

@@ -1,4 +1,5 @@
-"""``depthfx solve``: run the two-stage DP on a latency table and an importance table."""
+"""``depthfx solve``: run the two-stage DP (or, with ``--method layermerge``, the LayerMerge DP)
+on a latency table and an importance table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from depthfx.commands.solve_layermerge import HELP, run_layermerge
 
 DESCRIPTION = """\
 Choose which activations to keep (A) and where to merge convolutions (S) so that the summed
@@ -26,26 +29,45 @@ sum of T_opt and in integer units; --json writes {act_pos, merge_pos, objective,
 time, budget, prec, merge_check} (a list of those for several --budget values).
 --opt-time-out writes T_opt (id, st, end, time, stdev, breaks) and --ext-out writes I_ext
 (id, st, end, st_act, end_act, imp, breaks). Nothing is written unless everything succeeds.
+
 """
 
 EPILOG = """\
 example (the paper's MobileNetV2-1.0 setting):
   depthfx solve --latency time_fish_gpu1_1228.csv --importance importance.csv \\
       --budget 25 --budget 22.1 --prec 20 --score val_acc --norm single --alpha 1.6
+LayerMerge (the original's default prec 10):
+  depthfx solve --method layermerge --latency time_mbv2.csv \\
+      --importance normalized_importance.csv --budget 13.4 --json out.json
 """
+
+#: The ICML'23 defaults of the options left unset on the command line (None there, so that
+#: --method layermerge can reject them).
+ICML23_DEFAULTS = {"prec": 20, "score": "val_acc", "norm": "single", "alpha": 1.0}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``solve`` subcommand."""
     p = subparsers.add_parser(
         "solve",
-        help="solve the two-stage DP on latency/importance CSV tables",
-        description=DESCRIPTION,
+        help="solve the two-stage (or LayerMerge) DP on latency/importance CSV tables",
+        description=DESCRIPTION + HELP,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--method",
+        choices=("icml23", "layermerge"),
+        default="icml23",
+        help="icml23: two-stage DP (default); layermerge: single-stage LayerMerge DP",
+    )
     p.add_argument("--latency", required=True, metavar="CSV", help="latency table T (time_*.csv)")
-    p.add_argument("--importance", required=True, metavar="CSV", help="raw importance table")
+    p.add_argument(
+        "--importance",
+        required=True,
+        metavar="CSV",
+        help="raw importance table (normalized_importance.csv with --method layermerge)",
+    )
     p.add_argument(
         "--budget",
         required=True,
@@ -55,16 +77,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="latency budget in the table's unit (ms); repeat for a sweep",
     )
     p.add_argument(
-        "--prec", type=_positive, default=20, help="discretisation: units per ms (default 20)"
+        "--prec",
+        type=_positive,
+        default=None,
+        help="discretisation: units per ms (default 20; 10 with --method layermerge)",
     )
-    p.add_argument("--score", default="val_acc", help="importance column (default val_acc)")
+    p.add_argument("--score", default=None, help="importance column (default val_acc)")
     p.add_argument(
         "--norm",
-        default="single",
+        default=None,
         choices=("default", "single", "all", "none"),
         help="importance normalisation h = h_raw - alpha*mean(mask) (default single)",
     )
-    p.add_argument("--alpha", type=_finite, default=1.0, help="normalisation factor (default 1.0)")
+    p.add_argument("--alpha", type=_finite, default=None, help="normalisation factor (default 1.0)")
     p.add_argument(
         "--default-acts",
         metavar="P,P,...",
@@ -109,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
     from depthfx.io import atomic_write
     from depthfx.solver import ImportanceTable, LatencyTable, solve
 
+    if args.method == "layermerge":
+        return run_layermerge(args)
+    for name, value in ICML23_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for out in (args.json, args.opt_time_out, args.ext_out):
         if out and not Path(out).resolve().parent.is_dir():
             raise DepthFXError(f"cannot write {out}: its directory does not exist")

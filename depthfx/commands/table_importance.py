@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from depthfx.commands._common import add_model_arguments
+from depthfx.commands.model_args import add_model_arguments
 from depthfx.errors import DepthFXError
 
 
@@ -94,7 +94,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from depthfx.commands._common import parse_shape
+    from depthfx.commands.model_args import parse_shape
     from depthfx.data import load_dataset
     from depthfx.measure.importance import measure_importance, write_raw_csv
     from depthfx.models import load_model

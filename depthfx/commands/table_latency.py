@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from depthfx.commands._common import parse_shape
+from depthfx.commands.model_args import parse_shape
 from depthfx.errors import DepthFXError
 
 

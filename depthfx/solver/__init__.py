@@ -1,9 +1,11 @@
-"""Table-level two-stage DP of Kim et al. (ICML 2023): latency/importance tables and `solve`.
+"""Table-level DPs: the two-stage DP of Kim et al. (ICML 2023) and LayerMerge's (ICML 2024).
 
 One concept per module, bottom-up: ``table_io`` (CSV/JSON formats and validation),
 ``optimal_times`` (DP1, T_opt), ``extend_importance`` (DP3, I_ext), ``latency_table`` and
 ``importance_table`` (the tables, raw and derived), ``merge_pattern`` (the fastest S ⊇ A on the
-raw latency table, spec §4.5) and ``budget_dp`` (DP2: :func:`solve`).
+raw latency table, spec §4.5) and ``budget_dp`` (DP2: :func:`solve`); LayerMerge's tables
+(``layermerge_tables``: one row per block and merged-conv variant) and its single-stage DP
+(``layermerge_dp``: :func:`solve_layermerge`).
 """
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
@@ -17,23 +19,42 @@ from depthfx.solver.importance_table import (
     Norm,
 )
 from depthfx.solver.latency_table import LatencyKey, LatencyTable, OptimalLatencyTable
+from depthfx.solver.layermerge_dp import (
+    LAYERMERGE_PREC,
+    Child,
+    LayerMergeSolution,
+    solve_layermerge,
+)
+from depthfx.solver.layermerge_tables import (
+    LayerMergeImportanceTable,
+    LayerMergeLatencyTable,
+    LayerMergeTable,
+    Variant,
+)
 from depthfx.solver.merge_pattern import MergePattern, optimal_merge_pattern
 from depthfx.solver.optimal_times import optimal_times
 from depthfx.solver.table_io import csv_text
 
 __all__ = [
     "BUDGET_UNITS",
+    "LAYERMERGE_PREC",
     "NORMS",
     "ChainSolution",
+    "Child",
     "ExtendedImportanceTable",
     "ImportanceKey",
     "ImportanceTable",
     "LatencyKey",
     "LatencyTable",
+    "LayerMergeImportanceTable",
+    "LayerMergeLatencyTable",
+    "LayerMergeSolution",
+    "LayerMergeTable",
     "MergePattern",
     "Norm",
     "OptimalLatencyTable",
     "Solution",
+    "Variant",
     "csv_text",
     "extend_importance",
     "extended_blocks",
@@ -42,5 +63,6 @@ __all__ = [
     "optimal_times",
     "round7",
     "solve",
+    "solve_layermerge",
     "valid_blocks",
 ]

@@ -93,8 +93,8 @@ def location(source: str, row: int) -> str:
     return f"{source}: {'entry' if source == ENTRIES else 'line'} {row}"
 
 
-def parse_int(source: str, row: int, name: str, text: Any) -> int:
-    """An integer field; integral floats (``"3.0"``) pass, bools do not."""
+def int_field(where: str, name: str, text: Any) -> int:
+    """An integer field at ``where``; integral floats (``"3.0"``) pass, bools do not."""
     try:
         value = float(text) if isinstance(text, str) else text
         if isinstance(value, float) and value.is_integer():
@@ -103,20 +103,30 @@ def parse_int(source: str, row: int, name: str, text: Any) -> int:
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise TableError(f"{location(source, row)}: {name}={text!r} is not an integer") from None
+        raise TableError(f"{where}: {name}={text!r} is not an integer") from None
 
 
-def parse_float(source: str, row: int, name: str, text: Any, *, nonneg: bool = False) -> float:
-    """A finite float field (``nonneg``: and not negative)."""
+def parse_int(source: str, row: int, name: str, text: Any) -> int:
+    """An integer field of row ``row`` of ``source``."""
+    return int_field(location(source, row), name, text)
+
+
+def float_field(where: str, name: str, text: Any, *, nonneg: bool = False) -> float:
+    """A finite float field at ``where`` (``nonneg``: and not negative)."""
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise TableError(f"{location(source, row)}: {name}={text!r} is not a number") from None
+        raise TableError(f"{where}: {name}={text!r} is not a number") from None
     if not math.isfinite(value):
-        raise TableError(f"{location(source, row)}: {name} is {value}, expected a finite number")
+        raise TableError(f"{where}: {name} is {value}, expected a finite number")
     if nonneg and value < 0:
-        raise TableError(f"{location(source, row)}: {name}={value!r} is negative")
+        raise TableError(f"{where}: {name}={value!r} is negative")
     return value
+
+
+def parse_float(source: str, row: int, name: str, text: Any, *, nonneg: bool = False) -> float:
+    """A finite float field of row ``row`` of ``source`` (``nonneg``: and not negative)."""
+    return float_field(location(source, row), name, text, nonneg=nonneg)
 
 
 def parse_block(source: str, row: int, chain: Any, st: Any, end: Any) -> tuple[int, int, int]:
