@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from depthfx.errors import InfeasibleBudget, TableError
+from depthfx.solver.budget_dp import round7
 from depthfx.solver.layermerge_tables import LayerMergeTable, Variant
 
 #: The original's default discretisation: 10 units per ms.
@@ -99,19 +100,6 @@ class _Cand(NamedTuple):
     h: float
     variant: Variant
 
-
-def round7(x: np.ndarray) -> np.ndarray:
-    """Python's ``round(v, 7)`` elementwise. ``np.round`` rounds fl(v·1e7), which can differ
-    when v·1e7 lies within an ulp of a half-integer; those few values use Python's round."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        y = x * 1e7
-        out = np.round(x, 7)
-        near = (np.abs(y - np.floor(y) - 0.5) < 1e-6) | (np.abs(y) >= 2.0**33)
-    near &= np.isfinite(x)
-    if near.any():
-        idx = np.flatnonzero(near)
-        out[idx] = [round(float(v), 7) for v in x[idx]]
-    return out
 
 
 def _candidates(table: LayerMergeTable, length: int, prec: float) -> list[list[_Cand]]:
