@@ -101,7 +101,6 @@ class _Cand(NamedTuple):
     variant: Variant
 
 
-
 def _candidates(table: LayerMergeTable, length: int, prec: float) -> list[list[_Cand]]:
     """Per end, the (st, g, h, variant) candidates in the original's scan order."""
     if length < 1:
