@@ -41,7 +41,7 @@ from depthfx.measure.latency import (
     measure_latency_table,
 )
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report
 

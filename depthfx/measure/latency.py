@@ -846,7 +846,7 @@ def _measure_plan(
     """(original, merged plan) timed A B A B: ``plan`` merged exactly as a user would get it
     (prepare → convert, verified) and prepared by the table's backend at its setting."""
     from depthfx.backends.timing import interleaved
-    from depthfx.passes.merge import convert
+    from depthfx.passes.convert import convert
     from depthfx.passes.prepare import prepare
 
     merged = convert(prepare(model, plan, inputs), plan, inputs)

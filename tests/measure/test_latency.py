@@ -95,7 +95,7 @@ def test_block_models_run_with_the_traced_output_shape(net: nn.Module, x: torch.
 
 def test_plan_groups_match_prepare_convert(net: nn.Module, x: torch.Tensor) -> None:
     """The convs convert() emits for a plan have the shapes of the plan's table entries."""
-    from depthfx.passes.merge import convert
+    from depthfx.passes.convert import convert
     from depthfx.passes.prepare import prepare
     from depthfx.plans import chain_plan
 
