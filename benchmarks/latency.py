@@ -38,7 +38,7 @@ from depthfx.measure.calibration import activation_importance, describe_calibrat
 from depthfx.measure.latency_table import measure_latency_table
 from depthfx.measure.prediction import chain_ms
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report
 

@@ -28,7 +28,7 @@ _LAZY = {
     "register_leaf": "depthfx.patterns",
     "register_activation": "depthfx.patterns",
     "prepare": "depthfx.passes.prepare",
-    "convert": "depthfx.passes.merge",
+    "convert": "depthfx.passes.convert",
     "Plan": "depthfx.plans",
     "plan": "depthfx.api",
     "compile": "depthfx.api",

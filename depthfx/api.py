@@ -150,7 +150,7 @@ def compile(
     Returns the merged GraphModule with ``.depthfx_plan`` (the Plan) and ``.depthfx_report``
     (a :class:`CompileReport`). Warns once that accuracy needs fine-tuning.
     """
-    from depthfx.passes.merge import convert, count_convs
+    from depthfx.passes.convert import convert, count_convs
     from depthfx.passes.prepare import prepare
     from depthfx.passes.verify import compare_outputs
 

@@ -187,7 +187,7 @@ def sweep(
     from depthfx.finetune import evaluate
     from depthfx.measure.setting import check_table
     from depthfx.passes.analyze import analyze
-    from depthfx.passes.merge import count_convs
+    from depthfx.passes.convert import count_convs
 
     if not budgets:
         raise DepthFXError("sweep needs at least one budget")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from depthfx.passes.analyze import analyze
+from depthfx.passes.chain_rewrite import ChainRewrite
 from depthfx.plans import ChainPlan, Plan, chain_plan
 from depthfx.records import Analysis, Chain
 
@@ -127,3 +128,19 @@ def single_chain_plan(
         raise ValueError(f"the model has {len(analysis.chains)} chains, not one")
     (chain,) = analysis.chains
     return Plan.for_analysis(analysis, [chain_plan([c.node for c in chain.convs], act, merge)])
+
+
+def chain_rewrite(
+    model: nn.Module,
+    example: torch.Tensor,
+    act: Iterable[int],
+    merge: Iterable[int],
+    chain: int = 0,
+) -> ChainRewrite:
+    """The ChainRewrite of chain ``chain`` of a fresh capture of ``model`` under (A = ``act``,
+    S = ``merge``), before any chain pass: for testing the passes one at a time."""
+    analysis = analyze(model, example)
+    target = analysis.chains[chain]
+    cplan = chain_plan([c.node for c in target.convs], act, merge)
+    gm = analysis.graph_module
+    return ChainRewrite(gm, {n.name: n for n in gm.graph.nodes}, chain, target, cplan)

@@ -34,7 +34,7 @@ from torch import nn
 import depthfx
 from depthfx.data import load_dataset
 from depthfx.finetune import as_loader, evaluate
-from depthfx.passes.merge import count_convs
+from depthfx.passes.convert import count_convs
 from depthfx.testing import InvertedResidual
 
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert, count_convs
+from depthfx.passes.convert import convert, count_convs
 from depthfx.passes.prepare import prepare
 from depthfx.testing import random_plan
 

@@ -20,7 +20,7 @@ from torch import nn
 
 import depthfx
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import count_convs
+from depthfx.passes.convert import count_convs
 from depthfx.records import Analysis
 from depthfx.solver import ImportanceTable, LatencyTable
 

@@ -13,7 +13,7 @@ from torch._dynamo import register_backend
 from depthfx.dynamo import GraphBreakWarning
 from depthfx.errors import DepthFXError
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import Plan, chain_plan
 from depthfx.testing import random_plan

@@ -22,7 +22,7 @@ from torch import nn
 
 from depthfx.models import load_model
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert, count_convs
+from depthfx.passes.convert import convert, count_convs
 from depthfx.passes.prepare import prepare
 from depthfx.passes.verify import group_mismatch
 from depthfx.testing import merge_everything_plan, original_plan, random_plan, randomize_bn

@@ -14,6 +14,9 @@ code hard-codes 1e-5, wrong for e.g. timm EfficientNet-Lite's 1e-3; spec §7 pit
 non-affine BN has γ = 1, β = 0. Only the running statistics are read: the result equals the BN in
 eval mode, never in training mode (batch statistics), so merge an eval-mode model. An activation
 bundled in the BN module (timm ``BatchNormAct2d``) is not part of the fold; the caller keeps it.
+
+The math only: ``depthfx.passes.convert`` folds each merge group's BNs with it, and the graph
+pass :mod:`depthfx.passes.fold_bn` folds conv→BN pairs of a GraphModule in place.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
 from depthfx.measure.cache import TimingCache
 from depthfx.measure.prediction import chain_ms
 from depthfx.measure.setting import TimingProtocol, setting_fingerprint
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis

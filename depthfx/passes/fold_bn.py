@@ -1,4 +1,5 @@
-"""Fold eval-mode BatchNorm modules into the convs before them, in place.
+"""Fold eval-mode BatchNorm modules into the convs before them, in place (the graph pass; the
+float64 math it applies is :mod:`depthfx.algebra.fold_bn`).
 
 Pattern: ``call_module Conv2d`` → ``call_module BatchNorm2d`` (running statistics, eval), the
 conv's output used by the BN only and the conv module called from that node only.

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 
 from depthfx.algebra import check_close
 from depthfx.errors import MergeMismatch
-from depthfx.passes.prepare import PREPARED_ATTR, PreparedInfo
+from depthfx.passes.group_record import PREPARED_ATTR, PreparedInfo
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from depthfx.algebra import compose_all, from_conv
 from depthfx.backends.base import get_backend
 from depthfx.measure.block_shapes import block_spec
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import Plan, chain_plan
 

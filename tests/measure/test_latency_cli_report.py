@@ -17,7 +17,7 @@ import depthfx.commands.table
 from depthfx.errors import FingerprintMismatch
 from depthfx.measure.latency_table import load_table
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.report import latency_report
 from depthfx.solver import LatencyTable

@@ -8,9 +8,11 @@ from torch import fx, nn
 
 from depthfx.errors import MergeMismatch
 from depthfx.models import load_model
+from depthfx.passes.align_residuals import crop_like, shift
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert, count_convs
-from depthfx.passes.prepare import PREPARED_ATTR, crop_like, prepare, shift
+from depthfx.passes.convert import convert, count_convs
+from depthfx.passes.group_record import PREPARED_ATTR
+from depthfx.passes.prepare import prepare
 from depthfx.plans import PlanError
 from depthfx.testing import (
     TinyResidual,

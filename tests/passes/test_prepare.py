@@ -1,8 +1,8 @@
-"""prepare: activation removal/insertion, moved padding, training behaviour, state_dict keys."""
+"""prepare: the chain passes in order, training behaviour, state_dict keys, plan matching.
+
+Each chain pass has its own test file (test_remove_activations.py, …)."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -10,10 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthfx.models import load_model
+from depthfx.passes.align_residuals import align_residuals
 from depthfx.passes.analyze import analyze
-from depthfx.passes.merge import convert
-from depthfx.passes.prepare import prepare
-from depthfx.plans import Plan, PlanError, chain_plan
+from depthfx.passes.convert import convert
+from depthfx.passes.insert_activations import insert_activations
+from depthfx.passes.move_padding import move_padding
+from depthfx.passes.prepare import CHAIN_PASSES, prepare
+from depthfx.passes.remove_activations import remove_activations
+from depthfx.plans import PlanError
 from depthfx.testing import (
     TinyResidual,
     random_plan,
@@ -27,67 +31,26 @@ def _randomized(model: nn.Module) -> nn.Module:
     return randomize_bn(model).eval()
 
 
+def test_chain_passes_in_order_and_public_names() -> None:
+    import depthfx
+    from depthfx import passes
+
+    order = (remove_activations, insert_activations, move_padding, align_residuals)
+    assert order == CHAIN_PASSES
+    assert passes.CHAIN_PASSES is CHAIN_PASSES and passes.prepare is prepare
+    assert (depthfx.prepare, depthfx.convert, depthfx.analyze) == (
+        prepare,
+        convert,
+        analyze,
+    )
+
+
 def test_no_move_where_nothing_merges() -> None:
     """S = every position, A = the original: the prepared network is the original network."""
     model, x = _randomized(TinyResidual()), torch.randn(2, 3, 12, 12)
     prepared = prepare(model, single_chain_plan(model, x, {1, 2, 3}, {1, 2, 3}), (x,)).eval()
     with torch.no_grad():
         assert torch.equal(prepared(x), model(x))
-
-
-def test_moved_padding_differs_only_at_the_borders() -> None:
-    """Merging convs 1-3 moves all padding to the input: equal to the un-moved network (ReLUs
-    1, 2 removed) in the interior, different at the borders; the merged conv follows the moved
-    network, which is why the move must happen before fine-tuning."""
-    model, x = _randomized(TinyResidual()), torch.randn(2, 3, 12, 12)
-    plan = single_chain_plan(model, x, {3}, {3})
-    prepared = prepare(model, plan, (x,)).eval()
-    merged = convert(prepared, plan, (x,))
-
-    unmoved = copy.deepcopy(model)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:  # the original without ReLUs 1 and 2
-        x = unmoved.bn1(unmoved.conv1(x))
-        y = unmoved.bn2(unmoved.conv2(x))
-        return unmoved.relu(unmoved.bn3(unmoved.conv3(y)) + x)
-
-    with torch.no_grad():
-        want, moved, fused = forward(x), prepared(x), merged(x)
-    torch.testing.assert_close(fused, moved, rtol=1e-5, atol=1e-5)
-    # conv2 and conv3 pad (1, 1) rows and (1, 0) columns: only pixels within 2 rows / 1 column
-    # of the border read a moved pad.
-    interior = (slice(None), slice(None), slice(2, -2), slice(1, -1))
-    torch.testing.assert_close(moved[interior], want[interior], rtol=1e-5, atol=1e-5)
-    assert (moved - want).abs().max() > 1e-2
-    assert (fused - want).abs().max() > 1e-2
-
-
-def test_activation_inserted_at_a_linear_position() -> None:
-    model, x = load_model("torchvision:mobilenet_v2").eval(), torch.randn(1, 3, 32, 32)
-    analysis = analyze(model, x)
-    (chain,) = analysis.chains
-    p = min(chain.optional)  # the end of the first inverted residual: linear in the original
-    act = set(chain.activations) | {p}
-    cplan = chain_plan([c.node for c in chain.convs], act, set(range(1, chain.num_convs + 1)))
-    prepared = prepare(model, Plan.for_analysis(analysis, [cplan]), (x,))
-    inserted = prepared.get_submodule(f"depthfx_act_0_{p}")
-    assert type(inserted) is type(chain.activations[1].template)
-    users = [n for n in prepared.graph.nodes if n.target == f"depthfx_act_0_{p}"]
-    assert len(users) == 1
-
-
-def test_removing_one_call_site_of_a_shared_module() -> None:
-    """torchvision BasicBlock calls one ReLU twice; removing one site keeps the other."""
-    model, x = _randomized(load_model("torchvision:resnet18")), torch.randn(1, 3, 32, 32)
-    analysis = analyze(model, x)
-    chain = analysis.chains[1]
-    act = set(chain.activations) - {1}
-    cplan = chain_plan([c.node for c in chain.convs], act, set(range(1, chain.num_convs + 1)))
-    stem = analysis.chains[0]
-    splan = chain_plan([c.node for c in stem.convs], set(stem.activations), {1})
-    prepared = prepare(model, Plan.for_analysis(analysis, [splan, cplan]), (x,))
-    calls = [n for n in prepared.graph.nodes if n.target == "layer1.0.relu"]
-    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("name", ["torchvision:resnet18", "timm:mobilenetv2_100"])

@@ -12,7 +12,9 @@ dilation, groups, non-square kernels, per-side padding; ``depthfx.algebra.compos
 identity residual becomes a 1 at the kernel tap of the body's padding and a projection
 shortcut (1×1 + BN, strided) is added into the body kernel at its offset
 (``depthfx.algebra.residual``). Residuals cut by a boundary (both ends in S) keep their add.
-All algebra runs in float64 and is cast back at the end. Exact because ``prepare`` moved the
+All algebra runs in float64 and is cast back at the end (BN folding:
+:mod:`depthfx.algebra.fold_bn`; the graph pass that folds BN in place, for the importance
+proxy, is :mod:`depthfx.passes.fold_bn`). Exact because ``prepare`` moved the
 padding before any fine-tuning: the prepared network *is* the composition being merged.
 
 ``convert`` then runs both networks on the example inputs in eval mode and raises
@@ -41,7 +43,7 @@ from depthfx.algebra import (
     to_modules,
 )
 from depthfx.errors import MergeMismatch
-from depthfx.passes.prepare import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
+from depthfx.passes.group_record import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
 from depthfx.passes.verify import compare_outputs, group_mismatch
 from depthfx.plans import Plan, PlanError
 
@@ -223,3 +225,6 @@ def _conv_map(gm: fx.GraphModule, step: ConvStep) -> AffineConv:
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
     owner, _, name = target.rpartition(".")
     return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+__all__ = ["convert", "count_convs"]
