@@ -268,14 +268,6 @@ def collect_fingerprint(
     return Fingerprint(data)
 
 
-def precision_of(dtype: torch.dtype) -> str:
-    """Canonical precision name of a floating dtype (``fp32``, ``fp16``, ``bf16``)."""
-    import torch
-
-    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-    return names.get(dtype, str(dtype).removeprefix("torch."))
-
-
 def check_device(device: str) -> str:
     """Validate a device name early, with the choices in the message."""
     if device not in ("cpu", "cuda"):

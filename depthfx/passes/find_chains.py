@@ -50,7 +50,7 @@ class _Fork:
 
 
 @dataclass
-class _Chain:
+class _ChainBuilder:
     """A chain under construction."""
 
     convs: list[ConvInfo] = field(default_factory=list)
@@ -329,9 +329,9 @@ class _Finder:
 
     # ---- the walk ------------------------------------------------------------------------
 
-    def walk(self, pad_node: fx.Node | None, conv: fx.Node) -> tuple[_Chain, str, bool]:
+    def walk(self, pad_node: fx.Node | None, conv: fx.Node) -> tuple[_ChainBuilder, str, bool]:
         """Grow a chain from ``conv``; returns it, why it ended, and whether the end is free."""
-        chain = _Chain()
+        chain = _ChainBuilder()
         v0 = pad_node.args[0] if pad_node is not None else conv.args[0]
         chain.positions.append(v0)  # type: ignore[arg-type]
         first = pad_node or conv
@@ -353,7 +353,7 @@ class _Finder:
         return chain, reason, free
 
     def next_conv(
-        self, chain: _Chain, v: fx.Node, users: list[fx.Node]
+        self, chain: _ChainBuilder, v: fx.Node, users: list[fx.Node]
     ) -> tuple[fx.Node | None, fx.Node] | str:
         """The next (pad, conv) after position value ``v``, opening a fork if needed; or the
         reason the chain ends."""
@@ -378,7 +378,7 @@ class _Finder:
             return f"before {self.describe(u)}"
         return f"value used by {len(users)} ops: " + ", ".join(self.describe(u) for u in users)
 
-    def position(self, chain: _Chain, pad_node: fx.Node | None, conv: fx.Node) -> None:
+    def position(self, chain: _ChainBuilder, pad_node: fx.Node | None, conv: fx.Node) -> None:
         """Consume conv p and its tail (BN, transparent ops, residual add, activation)."""
         p = len(chain.convs) + 1
         v, bn, act, added, transparent = conv, None, None, False, []
