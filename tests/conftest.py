@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 DATA = Path(__file__).parent / "data"
 
@@ -43,3 +44,26 @@ def one_torch_thread() -> Iterator[None]:
 def data_dir() -> Path:
     """The bundled test data (paper tables, synthetic importance), see tests/data/README.md."""
     return DATA
+
+
+# One small exported resnet18, built once per session (backend and bench tests).
+@pytest.fixture(scope="session")
+def resnet18() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+@pytest.fixture(scope="session")
+def small_input() -> torch.Tensor:
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def resnet18_onnx(
+    tmp_path_factory: pytest.TempPathFactory, resnet18: torch.nn.Module, small_input: torch.Tensor
+) -> Path:
+    from depthfx.export import export_onnx
+
+    return export_onnx(resnet18, tmp_path_factory.mktemp("onnx") / "resnet18.onnx", small_input)
