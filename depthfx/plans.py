@@ -1,9 +1,11 @@
-"""The Plan: which activations each chain keeps (A) and where it is cut into merge groups (S).
+"""The Plan: which activations each chain keeps (A), where it is cut into merge groups (S) and
+which convs it prunes (LayerMerge: replaced by the identity, with their BN).
 
 A Plan is the contract between the solver and the rewrite passes. Per chain it names the convs
 it was made for (so applying it to another model fails loudly), the kept activation positions
-A and the merge boundaries S (A ⊆ S, the chain end L ∈ S). Convs between two consecutive
-elements of S ∪ {0} become one conv. It round-trips through JSON.
+A, the merge boundaries S (A ⊆ S, the chain end L ∈ S) and the pruned positions. The kept convs
+between two consecutive elements of S ∪ {0} become one conv. It round-trips through JSON (plans
+written before pruning existed load with nothing pruned).
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ class PlanError(DepthFXError, ValueError):
 
 @dataclass(frozen=True)
 class ChainPlan:
-    """A and S for one chain; ``convs`` are the conv node names of the chain, in order."""
+    """A, S and the pruned convs of one chain; ``convs`` are its conv node names, in order.
+
+    ``pruned``: positions p whose conv p (and its BN) becomes the identity; every merge group
+    keeps at least one conv (LayerMerge's rule: an all-pruned block has no merged conv)."""
 
     convs: tuple[str, ...]
     act_pos: tuple[int, ...]
     merge_pos: tuple[int, ...]
+    pruned: tuple[int, ...] = ()
 
     @property
     def num_convs(self) -> int:
@@ -50,12 +56,15 @@ class ChainPlan:
         barriers: Iterable[int] = (),
         residuals: Iterable[tuple[int, int]] = (),
     ) -> None:
-        """Raise PlanError unless A ⊆ S, L ∈ S, barriers ⊆ S and every residual body is either
-        wholly inside one group or has both ends in S (spec §1.2)."""
+        """Raise PlanError unless A ⊆ S, L ∈ S, barriers ⊆ S, every residual body is either
+        wholly inside one group or has both ends in S (spec §1.2), and every group keeps a conv."""
         a, s, length = set(self.act_pos), set(self.merge_pos), self.num_convs
         where = f"chain starting at {self.convs[0]!r}" if self.convs else "empty chain"
-        if any(not 1 <= p <= length for p in a | s):
+        if any(not 1 <= p <= length for p in a | s | set(self.pruned)):
             raise PlanError(f"{where}: positions must lie in 1..{length}")
+        for start, end in self.groups():
+            if set(range(start + 1, end + 1)) <= set(self.pruned):
+                raise PlanError(f"{where}: group {start}->{end} prunes all its convs")
         if not a <= s:
             raise PlanError(f"{where}: kept activations {sorted(a - s)} are not merge boundaries")
         if length not in s:
@@ -108,6 +117,7 @@ class Plan:
                     convs=tuple(c["convs"]),
                     act_pos=tuple(int(p) for p in c["act_pos"]),
                     merge_pos=tuple(int(p) for p in c["merge_pos"]),
+                    pruned=tuple(int(p) for p in c.get("pruned", ())),
                 )
                 for c in data["chains"]
             )
@@ -141,10 +151,17 @@ def sorted_positions(positions: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted({int(p) for p in positions} - {0}))
 
 
-def chain_plan(convs: Sequence[str], act_pos: Iterable[int], merge_pos: Iterable[int]) -> ChainPlan:
+def chain_plan(
+    convs: Sequence[str],
+    act_pos: Iterable[int],
+    merge_pos: Iterable[int],
+    pruned: Iterable[int] = (),
+) -> ChainPlan:
     """Build a ChainPlan from any iterables (the chain end is always added to S)."""
     merge = set(merge_pos) | {len(convs)}
-    return ChainPlan(tuple(convs), sorted_positions(act_pos), sorted_positions(merge))
+    return ChainPlan(
+        tuple(convs), sorted_positions(act_pos), sorted_positions(merge), sorted_positions(pruned)
+    )
 
 
 def solution_chains(analysis: Analysis, solution: Solution) -> tuple[ChainPlan, ...]:

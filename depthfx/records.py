@@ -65,6 +65,13 @@ class ConvInfo:
         return self.groups == self.in_channels and self.groups > 1
 
     @property
+    def preserves_shape(self) -> bool:
+        """Output shape == input shape (channels, stride 1, "same" size): the conv may be
+        pruned, i.e. replaced by the identity with its BN (LayerMerge, spec §7.3). Decided on
+        the traced shapes, so dilation, padding and groups need no rule of their own."""
+        return self.input_shape == self.output_shape
+
+    @property
     def output_node(self) -> str:
         """The fx node of the conv's output after its BN (before any add/activation)."""
         return self.bn_node or self.node
@@ -162,6 +169,13 @@ class Chain:
         last = self.num_convs
         return {} if self.free_end else {last: int(last in self.activations)}
 
+    @property
+    def prunable(self) -> tuple[int, ...]:
+        """Positions whose conv may be pruned: it preserves its input's shape. A residual body
+        pruned empty computes x + x (an identity body, fused as 2·I); a projection residual
+        needs a conv in its body (``prepare`` refuses an empty one)."""
+        return tuple(p for p, c in enumerate(self.convs, 1) if c.preserves_shape)
+
     def conv(self, p: int) -> ConvInfo:
         """Conv p (1-based), the conv whose output is position p."""
         return self.convs[p - 1]
@@ -218,6 +232,7 @@ class Chain:
                 for c in self.convs
             ],
             "activation_ops": {str(p): s.op for p, s in sorted(self.activations.items())},
+            "prunable": list(self.prunable),
             "barriers": sorted(self.barriers),
             "optional": sorted(self.optional),
             "end": self.end_reason,
@@ -228,10 +243,11 @@ class Chain:
         header = (
             f"chain {self.index}: {self.num_convs} convs, {len(self.residuals)} residuals, "
             f"{len(self.activations)} activations, {len(self.valid_blocks())} valid blocks, "
-            f"{len(self.extended_blocks())} extended blocks; ends: {self.end_reason}"
+            f"{len(self.extended_blocks())} extended blocks, {len(self.prunable)} prunable convs; "
+            f"ends: {self.end_reason}"
         )
-        rows = [("pos", "conv", "shape in -> out", "k", "s", "g", "act", "residual", "")]
-        rows.append(("0", f"<{self.input_node}>", "", "", "", "", "", "", ""))
+        rows = [("pos", "conv", "shape in -> out", "k", "s", "g", "act", "residual", "prune", "")]
+        rows.append(("0", f"<{self.input_node}>", "", "", "", "", "", "", "", ""))
         for p, c in enumerate(self.convs, 1):
             shape = f"{_fmt(c.input_shape[1:])} -> {_fmt(c.output_shape[1:])}"
             act = self.activations[p].op if p in self.activations else "-"
@@ -242,7 +258,7 @@ class Chain:
             mark = "| break" if p in self.barriers else ""
             rows.append(
                 (str(p), c.module, shape, _fmt(c.kernel, "x"), _fmt(c.stride, ","), str(c.groups),
-                 act, res, mark)
+                 act, res, "yes" if c.preserves_shape else "-", mark)
             )  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]

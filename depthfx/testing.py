@@ -3,6 +3,7 @@ and a tiny residual network whose merge can be checked by hand."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 
@@ -15,12 +16,16 @@ from depthfx.plans import ChainPlan, Plan, chain_plan
 from depthfx.records import Analysis, Chain
 
 
-def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) -> ChainPlan:
-    """A random valid (A, S) for one chain.
+def random_chain_plan(
+    chain: Chain, rng: random.Random, keep_prob: float = 0.5, prune_prob: float = 0.0
+) -> ChainPlan:
+    """A random valid (A, S, pruned) for one chain.
 
     Every original activation and every optional position is kept with ``keep_prob``; the
     chain end keeps its original flag. S ⊇ A ∪ barriers ∪ {L}, plus random extra boundaries, then
-    closed under the residual rule (a body cut anywhere inside gets both ends in S).
+    closed under the residual rule (a body cut anywhere inside gets both ends in S). Each
+    prunable conv is pruned with ``prune_prob``, except that every group and every projection
+    residual's body keeps a conv.
     """
     length = chain.num_convs
     candidates = set(chain.activations) | set(chain.optional)
@@ -29,14 +34,25 @@ def random_chain_plan(chain: Chain, rng: random.Random, keep_prob: float = 0.5) 
         act.add(length)
     merge = act | set(chain.barriers) | {length}
     merge |= {p for p in range(1, length) if rng.random() < keep_prob / 2}
-    return chain_plan([c.node for c in chain.convs], act, chain.close_residuals(merge))
+    merge = chain.close_residuals(merge)
+    pruned = {p for p in chain.prunable if rng.random() < prune_prob}
+    bounds = sorted(merge | {0})
+    groups = [set(range(i + 1, j + 1)) for i, j in itertools.pairwise(bounds)]
+    bodies = [set(range(r.src + 1, r.dst + 1)) for r in chain.residuals if r.kind == "projection"]
+    for must_keep in groups + bodies:
+        if must_keep <= pruned:
+            pruned.discard(rng.choice(sorted(must_keep)))
+    return chain_plan([c.node for c in chain.convs], act, merge, pruned)
 
 
-def random_plan(analysis: Analysis, seed: int, keep_prob: float = 0.5) -> Plan:
-    """A random valid Plan over every chain of ``analysis`` (reproducible from ``seed``)."""
+def random_plan(
+    analysis: Analysis, seed: int, keep_prob: float = 0.5, prune_prob: float = 0.0
+) -> Plan:
+    """A random valid Plan over every chain of ``analysis`` (reproducible from ``seed``);
+    ``prune_prob`` > 0 also prunes convs (LayerMerge)."""
     rng = random.Random(seed)
     return Plan.for_analysis(
-        analysis, [random_chain_plan(c, rng, keep_prob) for c in analysis.chains]
+        analysis, [random_chain_plan(c, rng, keep_prob, prune_prob) for c in analysis.chains]
     )
 
 

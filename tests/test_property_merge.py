@@ -1,8 +1,9 @@
 """Property test: convert(prepare(model, plan)) equals prepare(model, plan) on real CNNs.
 
 For each model (random weights, random BN statistics so that folding is exercised) and each plan
-— random valid plans from ``depthfx.testing.random_plan``, the original activation pattern, and
-the extreme A = ∅ with only forced boundaries (everything mergeable merged) — the merged
+— random valid plans from ``depthfx.testing.random_plan``, without and with pruned convs
+(LayerMerge), the original activation pattern, and the extreme A = ∅ with only forced
+boundaries (everything mergeable merged) — the merged
 network must reproduce the prepared one in eval mode to max relative error ≤ 1e-5 (fp32), and it
 must have strictly fewer convs whenever some merge group holds more than one conv.
 
@@ -44,6 +45,8 @@ MODELS = [
     ("timm:resnet18d", "general"),
 ]
 PLANS = 5
+PRUNED_PLANS = 2
+PRUNE_PROB = 0.6
 # ResNet-50's extreme merges each stage into one kernel of 2.8 GB (float64): allow it here.
 KERNEL_LIMIT = {"torchvision:resnet50": 4 << 30}
 # The default run: identity + projection residuals, inverted residuals with ReLU6, timm
@@ -55,13 +58,26 @@ FAST = {
     ("torchvision:mobilenet_v2", "original"),
     ("timm:tf_efficientnet_lite0", "random0"),
     ("timm:tf_efficientnet_lite0", "extreme-paper"),
+    # Pruned plans on six CNNs: empty residual bodies (x + x), BN+act, projections, groups.
+    ("torchvision:resnet18", "pruned0"),
+    ("torchvision:mobilenet_v2", "pruned0"),
+    ("timm:tf_efficientnet_lite0", "pruned1"),
+    ("torchvision:regnet_x_400mf", "pruned0"),
+    ("torchvision:vgg11_bn", "pruned0"),
+    ("timm:resnet18d", "pruned0"),
 }
 
 
 def _cases() -> list:
     cases = []
     for name, extreme in MODELS:
-        for kind in [*(f"random{k}" for k in range(PLANS)), "original", f"extreme-{extreme}"]:
+        kinds = [
+            *(f"random{k}" for k in range(PLANS)),
+            *(f"pruned{k}" for k in range(PRUNED_PLANS)),
+            "original",
+            f"extreme-{extreme}",
+        ]
+        for kind in kinds:
             marks = () if (name, kind) in FAST else (pytest.mark.slow,)
             cases.append(pytest.param(name, kind, marks=marks, id=f"{name}-{kind}"))
     return cases
@@ -86,6 +102,9 @@ def test_merged_equals_prepared(name: str, kind: str) -> None:
     analysis = analyze(model, x, strided=strided)
     if kind.startswith("random"):
         plan = random_plan(analysis, seed=int(kind.removeprefix("random")))
+    elif kind.startswith("pruned"):
+        seed = int(kind.removeprefix("pruned"))
+        plan = random_plan(analysis, seed=seed, prune_prob=PRUNE_PROB)
     elif kind == "original":
         plan = original_plan(analysis)
     else:
@@ -104,14 +123,18 @@ def test_merged_equals_prepared(name: str, kind: str) -> None:
     # Each merged conv on its own too: a saturating activation after it could hide an error.
     assert group_mismatch(prepared, merged, (x,), rtol=RTOL, atol=0.0) is None
 
-    multi = sum(len(g) > 1 for c in plan.chains for g in _group_sizes(c))
+    multi = sum(kept > 1 for c in plan.chains for kept in _kept_per_group(c))
     before, after = count_convs(prepared), count_convs(merged)
     if multi:
         assert after < before
+    elif kind.startswith("pruned"):  # a kept conv may still absorb a projection shortcut
+        assert after <= before
     else:
         assert after == before
     print(f"{name} {kind}: rel {rel:.2e} convs {before}->{after} {elapsed:.1f}s")
 
 
-def _group_sizes(chain_plan) -> list[range]:
-    return [range(i, j) for i, j in chain_plan.groups()]
+def _kept_per_group(chain_plan) -> list[int]:
+    """The number of convs each group keeps (pruned convs are gone before convert)."""
+    pruned = set(chain_plan.pruned)
+    return [sum(p not in pruned for p in range(i + 1, j + 1)) for i, j in chain_plan.groups()]

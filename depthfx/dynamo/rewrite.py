@@ -86,11 +86,13 @@ def rewrite(
     chain_convs = {name for cplan in plan.chains for name in cplan.convs}
     for cplan in plan.chains:
         where = f"chain {cplan.convs[0]}…{cplan.convs[-1]}"
-        present = [name for name in cplan.convs if name in convs]
+        # Pruned convs are gone from the prepared module this backend compiles.
+        kept = [name for p, name in enumerate(cplan.convs, 1) if p not in cplan.pruned]
+        present = [name for name in kept if name in convs]
         if not present:
             continue
-        if len(present) < len(cplan.convs):
-            missing = [name for name in cplan.convs if name not in convs]
+        if len(present) < len(kept):
+            missing = [name for name in kept if name not in convs]
             warnings.warn(
                 f"depthfx: {where} is split by a graph break (this captured graph holds "
                 f"{present}, not {missing}); the chain is left unmerged",
@@ -100,7 +102,11 @@ def rewrite(
             report.split_chains.append(where)
             continue
         for start, end in cplan.groups():
-            group = [convs[name] for name in cplan.convs[start:end]]
+            group = [
+                convs[cplan.convs[p - 1]]
+                for p in range(start + 1, end + 1)
+                if p not in cplan.pruned
+            ]
             others = {convs[n] for n in chain_convs if n in convs} - set(group)
             try:
                 _merge_group(out, values, group, others, len(report.merged))

@@ -2,9 +2,9 @@
 
 * ``capture`` (trace to an ``fx.GraphModule``), ``find_chains``, ``analyze`` (both: the chains
   of a captured model, as :class:`~depthfx.records.Analysis`);
-* ``prepare``: per chain, ``rewrite_chain`` runs ``CHAIN_PASSES`` — ``remove_activations``,
-  ``insert_activations``, ``move_padding``, ``align_residuals`` — and records the merge groups
-  (:mod:`depthfx.passes.group_record`);
+* ``prepare``: per chain, ``rewrite_chain`` runs ``CHAIN_PASSES`` — ``prune_convs``,
+  ``remove_activations``, ``insert_activations``, ``move_padding``, ``align_residuals`` — and
+  records the merge groups (:mod:`depthfx.passes.group_record`);
 * ``convert``: each recorded group becomes one conv, checked with ``compare_outputs`` /
   ``group_mismatch`` (:mod:`depthfx.passes.verify`);
 * ``fold_bn_modules``: fold eval-mode BN into the conv before it, in place (the importance
@@ -28,6 +28,7 @@ from depthfx.passes.group_record import (
 from depthfx.passes.insert_activations import insert_activations
 from depthfx.passes.move_padding import move_padding
 from depthfx.passes.prepare import CHAIN_PASSES, prepare, rewrite_chain
+from depthfx.passes.prune_convs import PrunedNormAct, prune_convs
 from depthfx.passes.remove_activations import remove_activations
 from depthfx.passes.verify import OutputErrors, compare_outputs, group_mismatch
 
@@ -40,6 +41,7 @@ __all__ = [
     "GroupRecord",
     "OutputErrors",
     "PreparedInfo",
+    "PrunedNormAct",
     "ResidualStep",
     "align_residuals",
     "analyze",
@@ -54,6 +56,7 @@ __all__ = [
     "insert_activations",
     "move_padding",
     "prepare",
+    "prune_convs",
     "remove_activations",
     "rewrite_chain",
     "shift",

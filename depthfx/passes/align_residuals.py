@@ -10,6 +10,10 @@ from the value at src), then cropped to the body's output at the body's own padd
 (``shift``) and its output is cropped to the body's. A kept residual ending at a group's end
 keeps its add: the group's recorded output becomes the add's body argument.
 
+A fused residual whose body is pruned empty (``prune_convs``) needs no crop: both sides of its
+add are the same map, x + x; when the body starts the group, its add (or the transparent op
+before it) reads the padded group input instead of the unpadded one.
+
 Why it is exact: ``convert`` puts a fused identity at the kernel tap of the body's own padding
 (``depthfx.algebra.residual``), and adds a fused projection into the body kernel at that offset;
 the crop and the shift read the residual's source at exactly that offset and the body's size,
@@ -18,12 +22,13 @@ so the prepared network computes what the merged conv computes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import fx
 
 from depthfx.algebra import group_padding
 from depthfx.passes.chain_rewrite import ChainRewrite
-from depthfx.passes.group_record import GroupRecord
 from depthfx.plans import PlanError
 from depthfx.records import Chain, Residual
 
@@ -47,12 +52,17 @@ def align_residuals(rewrite: ChainRewrite) -> None:
     residual_of = {r.dst: r for r in chain.residuals}
     for k, record in enumerate(rewrite.records):
         start, end = record.start, record.end
-        if end - start > 1:
+        if start in rewrite.padded:  # the group's padding was moved to its input
             padded = rewrite.padded[start]
             for residual in rewrite.fused(start, end):
-                body_pad = group_padding(chain.convs[residual.src : residual.dst])
-                source = padded if residual.src == start else value[residual.src]
                 add = nodes[residual.add_node]
+                body_convs = rewrite.kept_convs(residual.src, residual.dst)
+                if not body_convs:
+                    if residual.src == start:
+                        _read_padded(add, value[start], padded)
+                    continue
+                body_pad = group_padding(body_convs)
+                source = padded if residual.src == start else value[residual.src]
                 body = _body_arg(add, residual, nodes, chain, value)
                 if residual.kind == "identity":
                     identity = next(a for a in add.args if isinstance(a, fx.Node) and a is not body)
@@ -77,20 +87,23 @@ def align_residuals(rewrite: ChainRewrite) -> None:
         if kept is not None and kept.src < start:
             add = nodes[kept.add_node]
             body = _body_arg(add, kept, nodes, chain, value)
-            rewrite.records[k] = _replace_output(record, body.name)
+            rewrite.records[k] = replace(record, output=body.name)
 
 
-def _replace_output(record: GroupRecord, output: str) -> GroupRecord:
-    return GroupRecord(
-        record.chain,
-        record.start,
-        record.end,
-        record.input,
-        output,
-        record.pad,
-        record.convs,
-        record.residuals,
-    )
+def _read_padded(add: fx.Node, source: fx.Node, padded: fx.Node) -> None:
+    """An empty body starting the group: its add reads ``padded`` for ``source`` on both sides
+    (on the body side through its transparent ops, if any)."""
+    node = add
+    body = [a for a in add.all_input_nodes if a is not source]
+    while body:
+        if len(body) != 1:
+            raise PlanError(f"cannot follow the empty residual body before {add.name!r}")
+        node = body[0]
+        if source in node.all_input_nodes:
+            break
+        body = [a for a in node.all_input_nodes if a is not source]
+    node.replace_input_with(source, padded)
+    add.replace_input_with(source, padded)
 
 
 def _body_arg(

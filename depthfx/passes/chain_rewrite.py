@@ -16,14 +16,16 @@ from torch import fx, nn
 
 from depthfx.passes.group_record import GroupRecord
 from depthfx.plans import ChainPlan
-from depthfx.records import Chain, Residual
+from depthfx.records import Chain, ConvInfo, Residual
 
 
 @dataclass
 class ChainRewrite:
     """One chain being rewritten.
 
-    ``linear[p]``: the value of position p after BN and residual add, before its activation;
+    ``nodes`` maps the names of the graph before any rewrite to its nodes; the name of a node
+    that ``prune_convs`` erased maps to the value that replaced it. ``linear[p]``: the value
+    of position p after BN and residual add, before its activation;
     ``value[p]``: what the next conv reads (after the activation, if p keeps one). Both hold
     position 0 (the chain input) from the start. ``detached[p]``: (name, module) of the
     activation taken out of a timm BN+act module at a position p in A, to be called
@@ -44,6 +46,16 @@ class ChainRewrite:
 
     def __post_init__(self) -> None:
         self.linear[0] = self.value[0] = self.nodes[self.chain.input_node]
+
+    @property
+    def pruned(self) -> set[int]:
+        """The positions whose conv the plan replaces by the identity."""
+        return set(self.cplan.pruned)
+
+    def kept_convs(self, start: int, end: int) -> list[ConvInfo]:
+        """The convs of positions start+1 … end that the plan does not prune."""
+        pruned = self.pruned
+        return [self.chain.conv(p) for p in range(start + 1, end + 1) if p not in pruned]
 
     @property
     def keep(self) -> set[int]:

@@ -12,6 +12,8 @@ dilation, groups, non-square kernels, per-side padding; ``depthfx.algebra.compos
 identity residual becomes a 1 at the kernel tap of the body's padding and a projection
 shortcut (1×1 + BN, strided) is added into the body kernel at its offset
 (``depthfx.algebra.residual``). Residuals cut by a boundary (both ends in S) keep their add.
+A conv the plan pruned is a no-op in the composition (``prepare`` already replaced it by the
+identity); a residual body pruned empty fuses as 2·I.
 All algebra runs in float64 and is cast back at the end (BN folding:
 :mod:`depthfx.algebra.fold_bn`; the graph pass that folds BN in place, for the importance
 proxy, is :mod:`depthfx.passes.fold_bn`). Exact because ``prepare`` moved the
@@ -174,13 +176,16 @@ def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx
 
 
 def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
-    """The float64 map of a whole group, fused residuals included (innermost first)."""
-    maps = [_conv_map(gm, step) for step in record.convs]
+    """The float64 map of a whole group, fused residuals included (innermost first).
+
+    A pruned conv is a no-op in the composition; a residual body pruned empty is the identity
+    (so the residual fuses as 2·I)."""
+    maps = {p: _conv_map(gm, step) for p, step in zip(record.positions, record.convs, strict=True)}
     by_src: dict[int, list] = {}
     for residual in record.residuals:
         by_src.setdefault(residual.src, []).append(residual)
 
-    def build(lo: int, hi: int, inside: object | None) -> AffineConv:
+    def build(lo: int, hi: int, inside: object | None) -> AffineConv | None:
         acc: AffineConv | None = None
         p = lo
         while p < hi:
@@ -188,19 +193,38 @@ def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
             if nested:
                 residual = max(nested, key=lambda r: r.dst)
                 body = build(p, residual.dst, residual)
+                if body is None:
+                    body = _identity(_channels(maps, p))
                 if residual.kind == "identity":
                     piece = fuse_identity(body)
                 else:
                     piece = fuse_projection(body, _conv_map(gm, residual.shortcut))
                 p = residual.dst
             else:
-                piece = maps[p - record.start]
+                piece = maps.get(p + 1)
                 p += 1
-            acc = piece if acc is None else compose(acc, piece)
-        assert acc is not None
+            if piece is not None:
+                acc = piece if acc is None else compose(acc, piece)
         return acc
 
-    return build(record.start, record.end, None)
+    merged = build(record.start, record.end, None)
+    assert merged is not None, "a group keeps at least one conv (ChainPlan.validate)"
+    return merged
+
+
+def _channels(maps: dict[int, AffineConv], position: int) -> int:
+    """Channels of the map at ``position`` of a group (pruned convs keep the channel count)."""
+    after = [m for p, m in sorted(maps.items()) if p > position]
+    return after[0].in_channels if after else max(maps.items())[1].out_channels
+
+
+def _identity(channels: int) -> AffineConv:
+    """The identity on ``channels`` channels as a 1×1 depthwise map (exact in float64)."""
+    return AffineConv(
+        torch.ones(channels, 1, 1, 1, dtype=torch.float64),
+        torch.zeros(channels, dtype=torch.float64),
+        groups=channels,
+    )
 
 
 def _conv_map(gm: fx.GraphModule, step: ConvStep) -> AffineConv:

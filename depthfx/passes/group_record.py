@@ -1,9 +1,10 @@
 """What ``prepare`` records on a prepared network for ``convert`` (and ``verify``) to read.
 
 One :class:`GroupRecord` per merge group: its input and output nodes, the padding ``prepare``
-moved to its input, its convs (with their padding before the move and their BN) and the
-residuals fused inside it. :class:`PreparedInfo` bundles them with the plan and the example
-shapes, attached to the prepared GraphModule as ``PREPARED_ATTR``.
+moved to its input, its kept convs (with their padding before the move and their BN), the
+residuals fused inside it and the positions whose conv it pruned. :class:`PreparedInfo`
+bundles them with the plan and the example shapes, attached to the prepared GraphModule as
+``PREPARED_ATTR``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class ResidualStep:
 
 @dataclass(frozen=True)
 class GroupRecord:
-    """What ``convert`` needs to replace one merge group by one conv."""
+    """What ``convert`` needs to replace one merge group by one conv (``convs``: the kept
+    ones, in chain order)."""
 
     chain: int
     start: int
@@ -56,6 +58,13 @@ class GroupRecord:
     pad: Padding4
     convs: tuple[ConvStep, ...]
     residuals: tuple[ResidualStep, ...]
+    pruned: tuple[int, ...] = ()
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """The chain position of each of ``convs`` (the group's positions minus ``pruned``)."""
+        pruned = set(self.pruned)
+        return tuple(p for p in range(self.start + 1, self.end + 1) if p not in pruned)
 
     @property
     def name(self) -> str:

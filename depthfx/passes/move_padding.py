@@ -1,6 +1,7 @@
 """Chain pass 3: move each merge group's padding to its input, and record the group.
 
-Pattern: a merge group (i, j) of the plan (consecutive positions of S) holding several convs.
+Pattern: a merge group (i, j) of the plan (consecutive positions of S) keeping several convs
+(pruned convs are gone already: ``prune_convs`` runs first).
 
 Rewrite (spec §5.1, generalised per side, per axis and through strides): the group zero-pads
 only its input, by P = Σ_k (Π_{m<k} s_m)·p_k (:func:`depthfx.algebra.group_padding`), with one
@@ -37,7 +38,7 @@ def move_padding(rewrite: ChainRewrite) -> None:
     gm, nodes, chain = rewrite.gm, rewrite.nodes, rewrite.chain
     graph = gm.graph
     for start, end in rewrite.cplan.groups():
-        convs = chain.convs[start:end]
+        convs = rewrite.kept_convs(start, end)
         pad = group_padding(convs)
         steps = tuple(ConvStep.of(c) for c in convs)
         residual_steps = tuple(
@@ -56,6 +57,7 @@ def move_padding(rewrite: ChainRewrite) -> None:
                 pad,
                 steps,
                 residual_steps,
+                tuple(sorted(p for p in rewrite.pruned if start < p <= end)),
             )
         )
         for conv in convs:
@@ -71,7 +73,9 @@ def move_padding(rewrite: ChainRewrite) -> None:
         for conv in convs:
             _strip_padding(gm, nodes, conv)
         first = nodes[convs[0].node]
-        group_input = first.args[0]
+        # The group's first conv reads its input; a pruned one left that input in its name.
+        entry = chain.conv(start + 1)
+        group_input = nodes[entry.node] if start + 1 in rewrite.pruned else first.args[0]
         # Right after the input: a projection shortcut that reads it may come before the body.
         with graph.inserting_after(group_input):
             padded = graph.call_function(F.pad, (group_input, (pad[2], pad[3], pad[0], pad[1])))

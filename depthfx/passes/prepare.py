@@ -3,12 +3,14 @@
 Per chain of the plan, ``rewrite_chain`` runs the chain passes of ``CHAIN_PASSES`` in order
 (each module's docstring says pattern → rewrite → why it is exact):
 
+0. :func:`~depthfx.passes.prune_convs.prune_convs`: the convs the plan prunes, and their BN,
+   become the identity (LayerMerge).
 1. :func:`~depthfx.passes.remove_activations.remove_activations`: bypass the activation sites
    not in A; split timm BN+act modules so every kept activation is a node of its own.
 2. :func:`~depthfx.passes.insert_activations.insert_activations`: a fresh activation of the
    chain's type at each position in A that is linear in the original (spec §1.2).
 3. :func:`~depthfx.passes.move_padding.move_padding`: each merge group zero-pads only its
-   input, every conv inside pads nothing (spec §5.1); records the groups for ``convert``.
+   input, every kept conv inside pads nothing (spec §5.1); records the groups for ``convert``.
 4. :func:`~depthfx.passes.align_residuals.align_residuals`: residuals fused inside a group read
    their identity (or projection input) at the body's padding, cropped to the body's output.
 
@@ -32,12 +34,14 @@ from depthfx.passes.chain_rewrite import ChainPass, ChainRewrite
 from depthfx.passes.group_record import PREPARED_ATTR, GroupRecord, PreparedInfo
 from depthfx.passes.insert_activations import insert_activations
 from depthfx.passes.move_padding import move_padding
+from depthfx.passes.prune_convs import prune_convs
 from depthfx.passes.remove_activations import remove_activations
 from depthfx.plans import ChainPlan, Plan, PlanError
 from depthfx.records import Analysis, Chain
 
 #: The chain rewrite, in order: later passes read what earlier ones record on the ChainRewrite.
 CHAIN_PASSES: tuple[ChainPass, ...] = (
+    prune_convs,
     remove_activations,
     insert_activations,
     move_padding,

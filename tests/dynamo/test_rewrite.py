@@ -59,3 +59,19 @@ def test_graph_break_inside_chain_is_reported_not_merged() -> None:
     merged = [m for gm in CAPTURED for m in gm.meta["depthfx"].merged]
     assert [m[0] for m in merged] == ["chain stem1…stem2"]  # the unbroken chain still merges
     assert sum(conv_calls(gm) for gm in CAPTURED) == 3  # stem merged, block convs kept
+
+
+def test_pruned_plan_equals_convert() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plan = random_plan(analyze(model, (x,)), seed=0, prune_prob=0.6)
+    assert any(c.pruned for c in plan.chains)
+    prepared = prepare(model, plan, (x,)).eval()
+    with torch.no_grad():
+        want = convert(prepared, plan, (x,))(x)
+    got = compile_depthfx(prepared, plan, x)
+    assert_close(got, want)
+    (gm,) = CAPTURED
+    report = gm.meta["depthfx"]
+    assert report.merged and not report.skipped and not report.split_chains

@@ -16,6 +16,7 @@ from depthfx.passes.convert import convert
 from depthfx.passes.insert_activations import insert_activations
 from depthfx.passes.move_padding import move_padding
 from depthfx.passes.prepare import CHAIN_PASSES, prepare
+from depthfx.passes.prune_convs import prune_convs
 from depthfx.passes.remove_activations import remove_activations
 from depthfx.plans import PlanError
 from depthfx.testing import (
@@ -35,7 +36,7 @@ def test_chain_passes_in_order_and_public_names() -> None:
     import depthfx
     from depthfx import passes
 
-    order = (remove_activations, insert_activations, move_padding, align_residuals)
+    order = (prune_convs, remove_activations, insert_activations, move_padding, align_residuals)
     assert order == CHAIN_PASSES
     assert passes.CHAIN_PASSES is CHAIN_PASSES and passes.prepare is prepare
     assert (depthfx.prepare, depthfx.convert, depthfx.analyze) == (
