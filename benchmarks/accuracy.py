@@ -15,6 +15,7 @@ downloaded), then
    (−KL and Δ top-1), with their times.
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
+       [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def budget_rows(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: 
         try:
             plan = depthfx.plan(model, x, budget if budget != "fastest" else 1e-6, **options)
         except InfeasibleBudget as err:  # the fastest plan: the minimum feasible budget
-            plan = depthfx.plan(model, x, None, budget_ms=err.minimum * 1.0001, **options)
+            plan = depthfx.plan(model, x, None, budget_ms=err.minimum * 1.01, **options)
         prepared = depthfx.prepare(model, plan, (x,))
         plain = evaluate(depthfx.convert(prepared, plan, (x,)), test)[1]
         depthfx.recalibrate_bn(prepared, calib)
@@ -147,7 +148,8 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
 
     def experiment(exp: Any) -> tuple[dict[ImportanceKey, list[float]], float]:
         t0 = time.perf_counter()
-        res = run_experiments(model, analysis, keys, exp, merges, merge_id, cache=None,
+        cache = args.cache.with_name(f"{args.cache.name}-{exp.name}-{args.seed}")
+        res = run_experiments(model, analysis, keys, exp, merges, merge_id, cache=cache,
                               progress=False)  # fmt: skip
         return res.metrics, time.perf_counter() - t0
 
@@ -155,7 +157,8 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                                   batch_size=128, train_metrics=False, seed=args.seed,
                                   progress=False)  # fmt: skip
     ref, ref_s = experiment(ref_exp)
-    truth = [ref[k][2] for k in keys]  # val_acc delta (pp), PAPER_COLUMNS order
+    truth = [ref[k][0] for k in keys]  # val_acc delta (pp): the score column comes first
+    print(f"reference: {ref_s:.0f} s, Δ top-1 {sorted(round(t, 1) for t in truth)}", flush=True)
     rows: list[tuple[str, list[float], float, int]] = []
     for name, opts in (("proxy fisher", {}), ("proxy exact", {"estimate": "exact"}),
                        ("proxy + BN re-est.", {"bn_recalibration": True})):  # fmt: skip
@@ -164,9 +167,12 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                                    score="kl", progress=False, **opts)  # fmt: skip
         rows.append((name, [table.scores[k] for k in keys], time.perf_counter() - t0,
                      len(table.scores)))  # fmt: skip
+        print(f"{name}: ρ {spearman(rows[-1][1], truth):.3f}", flush=True)
     n_all = len(entries_of(analysis))
-    dist_exp = distill_experiment(model, holdout_train, calib, steps=args.distill_steps, lr=0.01,
-                                  batch_size=32, seed=args.seed, labels=True)  # fmt: skip
+    dist_exp = distill_experiment(
+        model, holdout_train, sets["calib_pair"], steps=args.distill_steps, lr=0.01,
+        batch_size=32, seed=args.seed, labels=True,
+    )  # fmt: skip
     dist, dist_s = experiment(dist_exp)
     rows.append((f"distill {args.distill_steps} steps −KL", [dist[k][0] for k in keys],
                  dist_s * n_all / len(keys), -n_all))  # fmt: skip
@@ -190,6 +196,7 @@ def main() -> None:
     p.add_argument("--entries", type=int, default=None)
     p.add_argument("--distill-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budgets", nargs="+", default=["0.75", "0.7", "0.6", "fastest"])
     p.add_argument("--skip-budgets", action="store_true")
     p.add_argument("--skip-rho", action="store_true")
     p.add_argument("--cache", type=Path, default=Path("/tmp/depthfx-accuracy-latency"))
@@ -205,6 +212,7 @@ def main() -> None:
     sets = {
         "train": train_set,
         "calib": xs[:256],
+        "calib_pair": (xs[:256], ys[:256]),
         "ht": (xs[256 : 256 + n_ht], ys[256 : 256 + n_ht]),
         "hv": (xs[-n_hv:], ys[-n_hv:]),
         "test": load_dataset(f"fashion-mnist-test[:{n_test}]"),
@@ -221,7 +229,8 @@ def main() -> None:
     latency = LatencyTable.measure(model, x, backend="onnxruntime", threads=1,
                                    cache_dir=args.cache)  # fmt: skip
     if not args.skip_budgets:
-        budget_rows(model, x, latency, sets, [0.75, 0.7, 0.6, "fastest"], 1)
+        budgets = [b if b == "fastest" else float(b) for b in args.budgets]
+        budget_rows(model, x, latency, sets, budgets, 1)
     if not args.skip_rho:
         rho_table(model, x, latency, sets, args)
 

@@ -50,7 +50,10 @@ def plan(
     ``budget`` is a fraction of the original model's end-to-end latency measured on
     ``backend``; ``budget_ms`` gives it in milliseconds instead. Tables not given are
     measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
-    ``data``, its entries' merge groups from the latency table; both cache their work).
+    ``data``, its entries' merge groups from the latency table; both cache their work). With
+    ``data`` the proxy re-estimates each entry's BN statistics (``bn_recalibration=True``): it
+    then ranks entries like the paper's per-entry fine-tune (ρ 0.97 against 0.43 for the Fisher
+    proxy, ``benchmarks/accuracy.py --quick``), at about 4× the Fisher proxy's time.
     ``prec`` (latency units per ms) defaults to a value that gives the chain budget about 2000
     integer units.
     """
@@ -60,9 +63,10 @@ def plan(
         latency = LatencyTable.measure(
             model, inputs, backend=backend, analysis=analysis, **(latency_options or {})
         )
-    if importance is None:
+    if importance is None:  # with data: BN re-estimated per entry (ranks like fine-tuning)
+        options = {"bn_recalibration": data is not None, **(importance_options or {})}
         importance = ImportanceTable.measure(
-            model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
+            model, inputs, data, analysis=analysis, latency=latency, **options
         )
     model_ms = _latency_budget_parts(latency)
     total_ms = model_ms.end_to_end_ms
