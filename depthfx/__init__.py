@@ -35,6 +35,7 @@ _LAZY = {
     "LatencyTable": "depthfx.solver",
     "ImportanceTable": "depthfx.solver",
     "solve": "depthfx.solver",
+    "recalibrate_bn": "depthfx.measure.bn_recalibration",
 }
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "finetune",
     "plan",
     "prepare",
+    "recalibrate_bn",
     "register_activation",
     "register_leaf",
     "solve",

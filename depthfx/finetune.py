@@ -113,8 +113,15 @@ def finetune(
     checkpoint: PathLike | None = None,
     checkpoint_every: int = 200,
     progress: bool = True,
+    channels_last: bool | None = None,
 ) -> nn.Module:
     """Fine-tune ``prepared`` in place with the paper's recipe; returns it in eval mode.
+
+    ``channels_last`` (None: when the network has 2-d convs) trains in the channels-last memory
+    format, returning the network in the default one; ``prepared.depthfx_finetune`` records
+    what was used. Measured on CPU (``benchmarks/finetune_speed.py``, MobileNetV2 64×64):
+    a training step 1.2× faster for the original, 2× for a prepared network, whose maps inside
+    merge groups are enlarged by the moved padding.
 
     ``epochs`` (may be fractional) or ``steps`` sets the number of iterations t_max. With
     ``distill_from`` (the original model) the loss mixes in the teacher's soft labels with
@@ -127,6 +134,10 @@ def finetune(
     from tqdm.auto import tqdm
 
     device = _device_of(prepared)
+    if channels_last is None:
+        channels_last = any(isinstance(m, nn.Conv2d) for m in prepared.modules())
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    prepared.to(memory_format=memory_format)
     total = steps
     if total is None:
         total = math.ceil(epochs * steps_per_epoch(train_data, batch_size))
@@ -148,11 +159,14 @@ def finetune(
     if distill_from is not None:
         distill_from.eval()
     prepared.train()
-    bar = tqdm(total=total, initial=start, desc="finetune", unit="step", leave=False,
+    desc = "finetune (channels_last)" if channels_last else "finetune"
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", leave=False,
                disable=None if progress else True)  # fmt: skip
     with bar:
         for step, batch in _batches(train_data, batch_size, seed, start, total):
             x, y = _split_batch(batch, device)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(lr, step, total)
             out = prepared(x)
@@ -176,6 +190,10 @@ def finetune(
             done = step + 1
             if ckpt is not None and (done % checkpoint_every == 0 or done == total):
                 _save(ckpt, prepared, opt, done, total)
+    prepared.to(memory_format=torch.contiguous_format)
+    prepared.depthfx_finetune = {
+        "memory_format": "channels_last" if channels_last else "contiguous"
+    }
     return prepared.eval()
 
 

@@ -23,12 +23,16 @@ Methods (``measure_importance(method=...)``; registered with :func:`register_imp
   ``estimate="exact"`` (:mod:`.exact`) runs every entry's network to the output, grouped by the
   last merge boundary q <= st: the network up to position q is identical for all of them
   (checked node by node), so it runs once per batch and group, and each entry runs only from q
-  onward.
+  onward. ``bn_recalibration=True`` (:mod:`.recalibrated`) re-estimates each entry network's BN
+  statistics on the proxy's data first (and the base network's), then runs it whole.
 * ``finetune`` (:mod:`.finetune`): the paper's experiment (spec §3.2): per entry a prepared
   copy, single-layer blocks re-initialised, fine-tuned with :func:`depthfx.finetune` (SGD,
   Nesterov, cosine per iteration), scored by the change in held-out top-1 (percentage points).
   Per-entry results are cached on disk (atomic JSON files, :mod:`.experiments`), so an
   interrupted run resumes; ``shard=(k, n)`` splits the entries across machines.
+* ``distill`` (:mod:`.distill`): per entry a prepared copy distilled from the original for a
+  few hundred steps (soft labels only), scored by −KL from the original on held-out data (Δ
+  top-1 as a second column): it sees the network after the repairs fine-tuning makes first.
 * ``callable`` (:mod:`.callable`): pass ``method=f``, any user score ``f(prepared_model) ->
   float``, cached and sharded the same way.
 
@@ -39,7 +43,12 @@ each entry's plan), :mod:`.digests` (what identifies a table's inputs), :mod:`.m
 (``measure_importance``), :mod:`.csv_output` (the paper's raw ``importance.csv``).
 """
 
-from depthfx.measure.importance import callable, finetune, proxy  # noqa: F401  (registration)
+from depthfx.measure.importance import (  # noqa: F401  (registration)
+    callable,
+    distill,
+    finetune,
+    proxy,
+)
 from depthfx.measure.importance.csv_output import write_raw_csv
 from depthfx.measure.importance.digests import data_digest, model_hash
 from depthfx.measure.importance.entries import MergeRule, entries_of, entry_plan, fastest_merges

@@ -83,4 +83,32 @@ def check_score(score: str, classifier: bool, labelled: bool, estimate: str) -> 
     return score
 
 
-__all__ = ["DivergenceSums", "check_score", "is_classifier", "output_tensors"]
+def score_columns(
+    stats: dict[Any, DivergenceSums],
+    score: str,
+    classifier: bool,
+    labelled: bool,
+    base_correct: int,
+) -> tuple[list[str], dict[Any, list[float]]]:
+    """The metric columns (``score``'s first) and every entry's values from its sums: Δ top-1 in
+    percentage points against ``base_correct`` (labelled classifiers), −KL (classifiers) and
+    −relative MSE."""
+    columns: list[str] = []
+    metrics: dict[Any, list[float]] = {k: [] for k in stats}
+    names = {"accuracy": "val_acc", "kl": "neg_kl", "mse": "neg_rel_mse"}
+    for s in [score] + [s for s in ("accuracy", "kl", "mse") if s != score]:
+        if (s == "accuracy" and not (labelled and classifier)) or (s == "kl" and not classifier):
+            continue
+        columns.append(names[s])
+        for k, st_ in stats.items():
+            if s == "accuracy":
+                value = 100.0 * (st_.correct - base_correct) / st_.n
+            elif s == "kl":
+                value = -st_.kl / st_.n
+            else:
+                value = -st_.sq_err / st_.sq_ref if st_.sq_ref > 0 else -st_.sq_err
+            metrics[k].append(value + 0.0)  # + 0.0 turns -0.0 into 0.0
+    return columns, metrics
+
+
+__all__ = ["DivergenceSums", "check_score", "is_classifier", "output_tensors", "score_columns"]

@@ -27,6 +27,7 @@ from depthfx.measure.importance.divergence import (
     check_score,
     is_classifier,
     output_tensors,
+    score_columns,
 )
 from depthfx.measure.importance.entries import MergeRule, entry_plan
 from depthfx.measure.importance.methods import ImportanceResult
@@ -102,23 +103,7 @@ def exact_proxy(
                 for key, tail in zip(group, tails, strict=True):
                     stats[key].add(ref, output_tensors(tail(*values)), y)
                     bar.update(1)
-    columns: list[str] = []
-    metrics: dict[ImportanceKey, list[float]] = {k: [] for k in keys}
-    names = {"accuracy": "val_acc", "kl": "neg_kl", "mse": "neg_rel_mse"}
-    order_cols = [score] + [s for s in ("accuracy", "kl", "mse") if s != score]
-    for s in order_cols:
-        if (s == "accuracy" and not (labelled and classifier)) or (s == "kl" and not classifier):
-            continue
-        columns.append(names[s])
-        for k in keys:
-            st_ = stats[k]
-            if s == "accuracy":
-                value = 100.0 * (st_.correct - base_correct) / st_.n
-            elif s == "kl":
-                value = -st_.kl / st_.n
-            else:
-                value = -st_.sq_err / st_.sq_ref if st_.sq_ref > 0 else -st_.sq_err
-            metrics[k].append(value + 0.0)  # + 0.0 turns -0.0 into 0.0
+    columns, metrics = score_columns(stats, score, classifier, labelled, base_correct)
     scores = {k: metrics[k][0] for k in keys}
     n_images = sum(len(x) for x, _ in batches)
     meta = {

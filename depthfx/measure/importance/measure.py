@@ -41,6 +41,7 @@ def measure_importance(
     analysis: Analysis | None = None,
     score: str = "auto",
     estimate: str = "fisher",
+    bn_recalibration: bool | None = None,
     images: int | None = None,
     batch_size: int | None = None,
     norm: Norm | None = None,
@@ -71,6 +72,9 @@ def measure_importance(
     only entries k, k+n, k+2n, … (a partial table; merge by running once more on the union of
     the cache folders without ``shard``).
 
+    ``bn_recalibration`` (proxy): re-estimate every entry network's BN statistics on ``data``
+    before scoring it (the networks then run whole; ``estimate`` is not used).
+
     ``latency``: the model's latency table. Each entry's network then has the merge groups a
     plan with its activations deploys (the fastest merge pattern, :func:`fastest_merges`)
     instead of one group per activation-free segment (the paper's S = A). The paper's groups
@@ -100,7 +104,8 @@ def measure_importance(
     request = ImportanceRequest(
         model=model, analysis=analysis, keys=keys, merges=merges, merge_id=merge_id,
         model_id=model_id, function=function, data=data, train_data=train_data,
-        val_data=val_data, score=score, estimate=estimate, images=images, batch_size=batch_size,
+        val_data=val_data, score=score, estimate=estimate, bn_recalibration=bn_recalibration,
+        images=images, batch_size=batch_size,
         epochs=epochs, steps=steps, lr=lr, train_metrics=train_metrics, cache=cache, seed=seed,
         progress=progress,
     )  # fmt: skip

@@ -30,7 +30,8 @@ class ImportanceRequest:
     there), resolved. ``keys``: the entries to score (this shard's); ``merges``: the merge rule
     of the entry networks (None: the paper's S = A) and ``merge_id`` its name; ``model_id``:
     :func:`~depthfx.measure.importance.digests.model_hash` of ``model``; ``function``: the
-    user's score of the ``callable`` method."""
+    user's score of the ``callable`` method; ``bn_recalibration``: the proxy's BN re-estimation
+    (None: the method's default)."""
 
     model: nn.Module
     analysis: Analysis
@@ -44,6 +45,7 @@ class ImportanceRequest:
     val_data: Any
     score: str
     estimate: str
+    bn_recalibration: bool | None
     images: int | None
     batch_size: int | None
     epochs: float

@@ -6,7 +6,8 @@ percentage points when labels are given (exact estimate only). Two estimates:
 ``estimate="fisher"`` (default, :mod:`depthfx.measure.importance.fisher`) runs only each entry's
 changed region and takes the rest of the network to second order from base-network gradients;
 ``estimate="exact"`` (:mod:`depthfx.measure.importance.exact`) runs every entry's network to the
-output.
+output. ``bn_recalibration=True`` (:mod:`depthfx.measure.importance.recalibrated`) re-estimates
+every entry's BN statistics on the proxy's data first and runs the networks whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from depthfx.measure.importance.methods import (
     ImportanceResult,
     register_importance_method,
 )
+from depthfx.measure.importance.recalibrated import recalibrated_proxy
 
 
 @register_importance_method("proxy", norm="none", alpha=1.0)
@@ -27,6 +29,13 @@ def proxy_importance(request: ImportanceRequest) -> ImportanceResult:
     """The proxy with ``request.estimate``; the Fisher proxy's cache is keyed by the model,
     the merge rule, the strided mode and the entries (and by its own data and settings)."""
     r = request
+    if r.bn_recalibration:
+        if r.data is None:
+            raise DepthFXError("bn_recalibration=True needs data to re-estimate BN on")
+        return recalibrated_proxy(
+            r.analysis, r.keys, r.data, r.merges, score=r.score, images=r.images,
+            batch_size=r.batch_size or 64, seed=r.seed, progress=r.progress,
+        )  # fmt: skip
     if r.estimate == "fisher":
         return fisher_proxy(
             r.analysis, r.keys, r.data, r.merges, score=r.score, images=r.images,

@@ -72,4 +72,4 @@ def test_unknown_methods_are_refused_with_the_registered_names(width) -> None:
 def test_a_name_is_registered_once(width) -> None:
     with pytest.raises(DepthFXError, match="already registered"):
         register_importance_method("width")(lambda request: None)
-    assert set(IMPORTANCE_METHODS) == {"callable", "finetune", "proxy", "width"}
+    assert set(IMPORTANCE_METHODS) == {"callable", "distill", "finetune", "proxy", "width"}

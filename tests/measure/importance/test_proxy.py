@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from importance_helpers import X1, digits, tiny_tables, toy_latency, trained_tiny, unchanged
 
 import depthfx
+from depthfx.errors import DepthFXError
 from depthfx.measure.importance import entry_plan, fastest_merges, measure_importance
 from depthfx.passes.analyze import analyze
 from depthfx.passes.prepare import prepare
@@ -82,3 +83,28 @@ def test_accuracy_score_needs_the_exact_estimate() -> None:
         measure_importance(
             model, X1, [(x[:32], y[:32])], analysis=analysis, score="accuracy", progress=False
         )
+
+
+def test_proxy_with_bn_recalibration_on_trained_tiny() -> None:
+    model = trained_tiny()
+    analysis = analyze(model, X1, training=False)
+    x, y = digits()
+    data = list(zip(x[1400:1528].split(32), y[1400:1528].split(32), strict=True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = measure_importance(
+        model, X1, data, analysis=analysis, score="kl", bn_recalibration=True, progress=False
+    )
+    plain = measure_importance(
+        model, X1, data, analysis=analysis, score="kl", estimate="exact", progress=False
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    assert table.meta["fingerprint"]["bn_recalibration"] is True
+    for key, value in table.scores.items():
+        assert value <= 0.0
+        if unchanged(analysis, key):
+            assert value == 0.0
+    changed = [k for k in table.scores if not unchanged(analysis, k)]
+    # re-estimating BN repairs part of the damage: on average the entries lose less
+    assert sum(table.scores[k] for k in changed) > sum(plain.scores[k] for k in changed)
+    with pytest.raises(DepthFXError, match="needs data"):
+        measure_importance(model, X1, None, analysis=analysis, bn_recalibration=True)
