@@ -9,6 +9,7 @@ API: ``plan`` → ``prepare`` → your training or ``depthfx.finetune`` → ``co
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,15 @@ from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis
-from depthfx.solver import BUDGET_UNITS, ImportanceTable, LatencyTable, Solution, solve
+from depthfx.solver import (
+    BUDGET_UNITS,
+    FASTEST,
+    ImportanceTable,
+    LatencyTable,
+    Solution,
+    solve,
+    solve_fastest,
+)
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
 
@@ -32,7 +41,7 @@ _warned_about_finetuning = False
 def plan(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    budget: float | None = 0.6,
+    budget: float | str | None = 0.6,
     *,
     budget_ms: float | None = None,
     latency: LatencyTable | None = None,
@@ -48,7 +57,11 @@ def plan(
     """Choose A and S for every chain of ``model`` so its predicted latency fits the budget.
 
     ``budget`` is a fraction of the original model's end-to-end latency measured on
-    ``backend``; ``budget_ms`` gives it in milliseconds instead. Tables not given are
+    ``backend``; ``budget_ms`` gives it in milliseconds instead. ``budget="fastest"`` plans the
+    fastest configuration the tables allow (:func:`~depthfx.solver.solve_fastest`; its
+    predicted latency becomes the plan's ``budget_ms``). An infeasible budget raises
+    :class:`~depthfx.InfeasibleBudget` whose ``minimum`` (ms) and ``fraction`` succeed when
+    passed back as ``budget_ms`` / ``budget`` with the same tables. Tables not given are
     measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
     ``data``, its entries' merge groups from the latency table; both cache their work).
     ``importance_options={"bn_recalibration": True}`` makes the proxy re-estimate each entry's
@@ -71,33 +84,20 @@ def plan(
         )
     model_ms = _latency_budget_parts(latency)
     total_ms = model_ms.end_to_end_ms
-    if budget_ms is None:
-        if budget is None or budget <= 0:
-            raise DepthFXError(f"budget must be a positive fraction of the latency, got {budget}")
-        budget_ms = budget * total_ms
-    # The DP runs on the raw table entries; the (calibrated) model maps ms to table units.
-    chain_budget = model_ms.chain_budget(budget_ms)
-    if prec is None:  # about BUDGET_UNITS integer units for the chain budget (or the chains)
-        span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
-        prec = BUDGET_UNITS / span
-    try:
-        solution = solve(latency, importance, budget=chain_budget, prec=prec, warn=False)
-    except InfeasibleBudget as err:
-        fastest = model_ms.predict(err.minimum)
-        how = (
-            f"{model_ms.fixed_ms:.4g} ms + {model_ms.scale:.4g} × {err.minimum:.4g} ms of "
-            "table time in the chains (calibrated)"
-            if model_ms.calibrated
-            else f"{model_ms.fixed_ms:.4g} ms outside the chains + {err.minimum:.4g} ms in them"
+    if budget == FASTEST and budget_ms is None:
+        solution = solve_fastest(
+            latency, importance, prec or _prec(model_ms.chain_budget(total_ms)), warn=False
         )
-        raise InfeasibleBudget(
-            budget_ms,
-            fastest,
-            detail=(
-                f" ({how}), that is a budget of at least {fastest / total_ms:.3f} of the "
-                f"original's {total_ms:.4g} ms"
-            ),
-        ) from None
+        budget_ms = _ms_for(model_ms, _with_margin(solution.time))
+    else:
+        if budget_ms is None:
+            if isinstance(budget, str) or budget is None or not budget > 0:
+                raise DepthFXError(
+                    "budget must be a positive fraction of the latency or 'fastest', "
+                    f"got {budget!r}"
+                )
+            budget_ms = budget * total_ms
+        solution = _solve(latency, importance, model_ms, budget_ms, prec)
     chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
     return Plan(
         chains=chains,
@@ -144,7 +144,7 @@ class CompileReport:
 
 def compile(
     model: nn.Module,
-    budget: float | None = 0.6,
+    budget: float | str | None = 0.6,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     *,
     plan: Plan | None = None,
@@ -198,6 +198,74 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs)
+
+
+def _solve(
+    latency: LatencyTable,
+    importance: ImportanceTable,
+    model_ms: LatencyModel,
+    budget_ms: float,
+    prec: float | None,
+) -> Solution:
+    """DP2 on the raw table entries for a budget in ms (the latency model maps ms to table
+    units); an infeasible budget names a minimum that is feasible when passed back."""
+    chain_budget = model_ms.chain_budget(budget_ms)
+    units_prec = prec
+    if units_prec is None:  # BUDGET_UNITS integer units for the chain budget (or the chains)
+        span = chain_budget if chain_budget > 0 else model_ms.chain_budget(model_ms.end_to_end_ms)
+        units_prec = _prec(span)
+    try:
+        return solve(latency, importance, chain_budget, units_prec, warn=False)
+    except InfeasibleBudget as err:
+        # The default prec follows the budget, so DP2's smallest feasible budget at this prec
+        # can be infeasible at its own prec: the fastest configuration's time (a little more,
+        # for rounding) is feasible at every prec. A given prec stays, so its own minimum holds.
+        if prec is None:
+            needed = _with_margin(solve_fastest(latency, importance, units_prec, warn=False).time)
+        else:
+            needed = err.minimum
+        minimum = _ms_for(model_ms, needed)
+        fraction = minimum / model_ms.end_to_end_ms
+        while fraction * model_ms.end_to_end_ms < minimum:
+            fraction = math.nextafter(fraction, math.inf)
+        how = (
+            f"{model_ms.fixed_ms:.4g} ms + {model_ms.scale:.4g} × {needed:.4g} ms of "
+            "table time in the chains (calibrated)"
+            if model_ms.calibrated
+            else f"{model_ms.fixed_ms:.4g} ms outside the chains + {needed:.4g} ms in them"
+        )
+        raise InfeasibleBudget(
+            budget_ms,
+            minimum,
+            detail=(
+                f" ({how}), that is a budget of at least {fraction!r} of the original's "
+                f"{model_ms.end_to_end_ms:.4g} ms"
+            ),
+            fraction=fraction,
+        ) from None
+
+
+def _prec(span: float) -> float:
+    """Units per ms that give ``span`` exactly BUDGET_UNITS integer units (int() truncates a
+    product that rounds an ulp low, so the quotient is nudged up until it does not)."""
+    prec = BUDGET_UNITS / span
+    while int(span * prec) < BUDGET_UNITS:
+        prec = math.nextafter(prec, math.inf)
+    return prec
+
+
+def _with_margin(chain_ms: float) -> float:
+    """A chain time a relative 1e-12 above ``chain_ms``: DP2 sums ⌊prec·T⌋ of the same blocks
+    in float, which may round a few ulps above ⌊prec·ΣT⌋'s operand."""
+    return chain_ms * (1 + 1e-12)
+
+
+def _ms_for(model_ms: LatencyModel, chain_ms: float) -> float:
+    """The smallest latency (ms) whose chain budget is at least ``chain_ms``."""
+    ms = model_ms.predict(chain_ms)
+    while model_ms.chain_budget(ms) < chain_ms:
+        ms = math.nextafter(ms, math.inf)
+    return ms
 
 
 def _deployed_chain_ms(latency: LatencyTable, solution: Solution) -> float:

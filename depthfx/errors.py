@@ -8,12 +8,22 @@ class DepthFXError(Exception):
 
 
 class InfeasibleBudget(DepthFXError, ValueError):
-    """No configuration fits the latency budget; carries the minimum feasible budget."""
+    """No configuration fits the latency budget; carries the minimum feasible budget (in
+    ``unit``) and, from ``depthfx.plan``, that minimum as a ``fraction`` of the original's
+    latency. Either one passed back as the budget, with the same tables, is feasible."""
 
-    def __init__(self, budget: float, minimum: float, unit: str = "ms", detail: str = "") -> None:
+    def __init__(
+        self,
+        budget: float,
+        minimum: float,
+        unit: str = "ms",
+        detail: str = "",
+        fraction: float | None = None,
+    ) -> None:
         self.budget = budget
         self.minimum = minimum
         self.unit = unit
+        self.fraction = fraction
         super().__init__(
             f"budget {budget:g} {unit} is infeasible: the fastest configuration the tables "
             f"allow needs at least {minimum!r} {unit}{detail}"

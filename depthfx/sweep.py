@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from depthfx.errors import DepthFXError, InfeasibleBudget
-from depthfx.solver import ImportanceTable, LatencyTable
+from depthfx.solver import FASTEST, ImportanceTable, LatencyTable
 
 #: How accuracies in a sweep were obtained (printed and stored with them).
 ACCURACY_NOTE = "top-1 without fine-tuning"
@@ -42,6 +42,7 @@ class SweepRow:
     budget_ms: float
     feasible: bool
     min_budget: float | None = None
+    fastest: bool = False
     predicted_ms: float | None = None
     baseline_ms: float | None = None
     measured_ms: float | None = None
@@ -106,12 +107,13 @@ class SweepResult:
             )
         notes = []
         for r in self.rows:
-            cells = [f"{r.budget:g}", f"{r.budget_ms:.3f}"]
+            label = f"fastest ({r.budget:.3g})" if r.fastest else f"{r.budget:g}"
+            cells = [label, f"{r.budget_ms:.3f}"]
             if not r.feasible:
                 rows.append([*cells, "infeasible", *[""] * (len(rows[0]) - 3)])
                 notes.append(
                     f"budget {r.budget:g} is infeasible: the smallest feasible budget is "
-                    f"{r.min_budget:.3f}"
+                    f"{r.min_budget!r}"
                 )
                 continue
             cells += [
@@ -146,7 +148,7 @@ class SweepResult:
 def sweep(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    budgets: Sequence[float],
+    budgets: Sequence[float | str],
     *,
     latency: LatencyTable | None = None,
     importance: ImportanceTable | None = None,
@@ -165,7 +167,8 @@ def sweep(
     progress: bool | None = None,
     on_row: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
-    """Plan, merge and time ``model`` at each budget (fractions of its measured latency).
+    """Plan, merge and time ``model`` at each budget (fractions of its measured latency, or
+    ``"fastest"``: the fastest configuration, its row's budget the fraction it needs).
 
     Tables not given are measured once (``LatencyTable.measure`` on ``backend`` with
     ``latency_options``, e.g. ``cache_dir``; ``ImportanceTable.measure`` with the proxy on
@@ -191,8 +194,10 @@ def sweep(
 
     if not budgets:
         raise DepthFXError("sweep needs at least one budget")
-    if bad := [b for b in budgets if not b > 0]:
-        raise DepthFXError(f"budgets must be positive fractions of the latency, got {bad}")
+    if bad := [b for b in budgets if b != FASTEST and (isinstance(b, str) or not b > 0)]:
+        raise DepthFXError(
+            f"budgets must be positive fractions of the latency or {FASTEST!r}, got {bad}"
+        )
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     inputs = tuple(example_inputs)
@@ -252,16 +257,18 @@ def sweep(
             try:
                 plan = make_plan(model, inputs, budget, **options)
             except InfeasibleBudget as err:  # err.budget, err.minimum: ms
-                minimum = budget * err.minimum / err.budget
-                rows.append(SweepRow(budget, err.budget, False, min_budget=minimum))
+                rows.append(SweepRow(float(budget), err.budget, False, min_budget=err.fraction))
                 if on_row is not None:
                     on_row(result())
                 continue
+            fastest = budget == FASTEST
+            fraction = plan.budget_ms / table_ms if fastest else float(budget)
             merged = compile_model(model, example_inputs=inputs, plan=plan)
             report = merged.depthfx_report
             onnx = None
             if onnx_dir is not None:
-                onnx = str(export_onnx(merged, Path(onnx_dir) / f"budget_{budget:g}.onnx", inputs))
+                name = "budget_fastest.onnx" if fastest else f"budget_{fraction:g}.onnx"
+                onnx = str(export_onnx(merged, Path(onnx_dir) / name, inputs))
             cmp = compare(model, merged, inputs, backend=backend, device=device,
                           threads=threads, rounds=rounds)  # fmt: skip
             check_table(latency, cmp.a.fingerprint, force=force)
@@ -269,7 +276,8 @@ def sweep(
             measured = cmp.b.median_ms
             rows.append(
                 SweepRow(
-                    budget, plan.budget_ms, True,
+                    fraction, plan.budget_ms, True,
+                    fastest=fastest,
                     predicted_ms=plan.predicted_ms,
                     baseline_ms=cmp.a.median_ms,
                     measured_ms=measured,

@@ -7,12 +7,14 @@ Everything works on :class:`AffineConv`, a float64 conv map with per-side input 
 * ``compose`` / ``compose_all`` / ``group_padding``: consecutive convs as one conv, padding moved
   to the group input;
 * ``fuse_identity`` / ``fuse_projection``: residual additions folded into the body conv;
+* ``crop``: drop the kernel taps that meet only zero padding at a known input size;
 * ``to_modules``: back to (nn.ZeroPad2d | None, nn.Conv2d) in the target dtype;
 * ``check_close``: raise MergeMismatch when a merge does not reproduce its reference.
 """
 
 from depthfx.algebra.check import check_close
 from depthfx.algebra.compose import compose, compose_all, group_padding, merged_kernel
+from depthfx.algebra.crop import crop, crop_window
 from depthfx.algebra.emit import to_modules
 from depthfx.algebra.fold_bn import fold_bn, fold_bn_tensors
 from depthfx.algebra.kernel import (
@@ -32,6 +34,8 @@ __all__ = [
     "compose",
     "compose_all",
     "conv_padding",
+    "crop",
+    "crop_window",
     "fold_bn",
     "fold_bn_tensors",
     "from_conv",

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from depthfx.commands.model_args import parse_shape
+from depthfx.commands.model_args import budget_value, parse_shape
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
 
@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sweep",
         type=_budgets,
         metavar="B1,B2,…",
-        help="budgets as fractions of the original's latency, e.g. 0.9,0.8,0.7,0.6",
+        help="budgets as fractions of the original's latency, e.g. 0.9,0.8,0.7,0.6; 'fastest' "
+        "adds the fastest configuration the tables allow",
     )
     sweep.add_argument("--latency", type=Path, help="reuse a latency table (JSON)")
     sweep.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")
@@ -81,14 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _budgets(text: str) -> list[float]:
+def _budgets(text: str) -> list[float | str]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        values = [budget_value(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
         values = []
-    if not values or any(not v > 0 for v in values):
+    if not values:
         raise argparse.ArgumentTypeError(
-            f"bad budgets {text!r}: expected positive fractions like 0.9,0.8,0.7"
+            f"bad budgets {text!r}: expected positive fractions like 0.9,0.8,0.7 (or fastest)"
         )
     return values
 

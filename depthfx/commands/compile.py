@@ -1,4 +1,4 @@
-"""``depthfx compile MODEL --budget F -o out.onnx``: the whole pipeline in one command.
+"""``depthfx compile MODEL --budget F|fastest -o out.onnx``: the whole pipeline in one command.
 
 Measures the latency table on the backend and a proxy importance table, solves the DP, merges
 (exactly, verified), exports ONNX (checked against torch), and measures the original and the
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from depthfx.commands.model_args import add_model_arguments, load_model_and_input
+from depthfx.commands.model_args import add_model_arguments, budget_value, load_model_and_input
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
 
@@ -42,9 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget",
-        type=float,
+        type=budget_value,
         default=0.7,
-        help="latency budget as a fraction of the original's measured latency (default 0.7)",
+        help="latency budget as a fraction of the original's measured latency (default 0.7), "
+        "or 'fastest': the fastest configuration the tables allow",
     )
     budget.add_argument("--budget-ms", type=float, help="latency budget in milliseconds")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")

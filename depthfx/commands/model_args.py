@@ -48,3 +48,22 @@ def load_model_and_input(args: argparse.Namespace, batch: int | None = None) -> 
     model = load_model(args.model, args.weights).eval()
     shape = parse_shape(args.input_shape, batch)
     return model, torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+#: The budget word that asks for the fastest configuration the tables allow.
+FASTEST = "fastest"
+
+
+def budget_value(text: str) -> float | str:
+    """A ``--budget`` value: a positive fraction of the original's latency, or ``fastest``."""
+    if text.strip().lower() == FASTEST:
+        return FASTEST
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"bad budget {text!r}: expected a positive fraction like 0.7, or {FASTEST}"
+        )
+    return value

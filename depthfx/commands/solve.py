@@ -71,10 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget",
         required=True,
-        type=_finite,
+        type=_budget,
         action="append",
         metavar="T0",
-        help="latency budget in the table's unit (ms); repeat for a sweep",
+        help="latency budget in the table's unit (ms), or 'fastest' (the fastest configuration "
+        "the tables allow; --method icml23); repeat for a sweep",
     )
     p.add_argument(
         "--prec",
@@ -108,6 +109,10 @@ def _finite(text: str) -> float:
     return value
 
 
+def _budget(text: str) -> float | str:
+    return "fastest" if text.strip().lower() == "fastest" else _finite(text)
+
+
 def _positive(text: str) -> float:
     value = _finite(text)
     if value <= 0:
@@ -132,9 +137,11 @@ def run(args: argparse.Namespace) -> int:
     """Compute every solution first, then print and write the outputs."""
     from depthfx.errors import DepthFXError
     from depthfx.io import atomic_write
-    from depthfx.solver import ImportanceTable, LatencyTable, solve
+    from depthfx.solver import ImportanceTable, LatencyTable, solve, solve_fastest
 
     if args.method == "layermerge":
+        if "fastest" in args.budget:
+            raise DepthFXError("--budget fastest: only with --method icml23")
         return run_layermerge(args)
     for name, value in ICML23_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -150,10 +157,16 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         default_acts=_positions(args.default_acts) if args.default_acts else None,
     )
-    solutions = [solve(lat, imp, budget, args.prec) for budget in args.budget]
+    solutions = [
+        solve_fastest(lat, imp, args.prec) if b == "fastest" else solve(lat, imp, b, args.prec)
+        for b in args.budget
+    ]
 
-    for sol in solutions:
-        print(f"budget {sol.budget:g} {lat.unit} (prec {sol.prec:g}: {sol.budget_units} units)")
+    for budget, sol in zip(args.budget, solutions, strict=True):
+        tag = "fastest: " if budget == "fastest" else ""
+        print(
+            f"{tag}budget {sol.budget:g} {lat.unit} (prec {sol.prec:g}: {sol.budget_units} units)"
+        )
         for cs in sol.chains:
             tag = f"chain {cs.chain} " if len(sol.chains) > 1 else ""
             print(f"  {tag}A ({len(cs.act_pos)} activations kept): {_fmt_pos(cs.act_pos)}")

@@ -8,6 +8,9 @@ is built with random weights from the general composition rule (spec §5.4), per
 * kernel K = k₁ + s₁(k₂ − 1) (each kᵢ dilated to d(k − 1) + 1 first), stride = Π s,
   per-side padding = Σ_m (Π_{l<m} s_l)·P_m (:func:`depthfx.algebra.group_padding`),
   groups = gcd of the groups, in/out channels of the first/last conv;
+* then cropped to the block's input size (:func:`depthfx.algebra.crop_window`): border taps
+  that meet only zero padding are dropped, as ``convert`` drops them, so at small inputs the
+  kernel timed (and bounded) is at most the input extent, not the full composition;
 * the input shape is the one recorded at the block's *first* conv, before its own padding
   (spec §2.3: the original recorded it after the previous conv, wrong at pooling positions);
 * the activation is ``chain.activation_for(j)`` (a DP block end carries one; the paper always
@@ -36,7 +39,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from depthfx.algebra import group_padding
+from depthfx.algebra import crop_window, group_padding
+from depthfx.backends.limits import weight_limit_reason
 from depthfx.backends.onnx_blocks import ACTIVATIONS, conv_block_model
 from depthfx.errors import DepthFXError
 from depthfx.patterns import ACTIVATION_PARAMS
@@ -72,6 +76,13 @@ class ConvShape:
 
     def weight_numel(self) -> int:
         return self.out_channels * self.in_channels // self.groups * math.prod(self.kernel)
+
+    def cropped(self, hw: Sequence[int]) -> ConvShape:
+        """This conv without the kernel taps that meet only padding at input ``hw``."""
+        kernel, pads = crop_window(self.kernel, self.stride, self.pads, hw)
+        return ConvShape(
+            self.in_channels, self.out_channels, kernel, self.stride, pads, self.groups
+        )
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,14 @@ class BlockSpec:
         if self.residual is not None:
             _insert_residual(model, self.residual, seed)
         return model
+
+    def unbuildable(self, *, onnx: bool, memory: int | None, jobs: int = 1) -> str | None:
+        """Why the backend cannot load this block's (cropped) merged conv, or None
+        (:func:`depthfx.backends.limits.weight_limit_reason`)."""
+        c = self.conv
+        return weight_limit_reason(
+            c.out_channels, c.in_channels // c.groups, c.kernel, onnx=onnx, memory=memory, jobs=jobs
+        )
 
     def proxy(self, max_weights: int) -> BlockSpec | None:
         """The same conv with fewer output channels (weights ≤ ``max_weights``), no add: less
@@ -332,7 +351,7 @@ def block_spec(
     if (i, j) not in set(chain.valid_blocks()):
         raise DepthFXError(f"chain {chain.index}: ({i}, {j}) is not a valid block")
     convs = chain.convs[i:j]
-    conv = merged_conv(convs)
+    conv = merged_conv(convs).cropped(convs[0].input_shape[2:])
     n = batch if batch is not None else convs[0].input_shape[0]
     input_shape = (n, *convs[0].input_shape[1:])
     residual = None

@@ -31,7 +31,10 @@ dense kernels over 16 M weights):
   ``bound_safety`` × the best throughput seen on this backend it would be slower than its
   single convs together is never in the fastest merge pattern, which plans deploy (its
   single convs are strictly cheaper), so it is not built (such kernels can be gigabytes); its
-  entry holds that lower bound instead and is listed in ``meta["bounded"]``. The paper's DP1
+  entry holds that lower bound instead and is listed in ``meta["bounded"]``. A block whose
+  (cropped) weights the backend cannot load at all (:mod:`depthfx.backends.limits`: ONNX's
+  2 GiB, a share of the free memory) is bounded too, always, at twice its single convs at
+  least, and listed with the reason in ``meta["oversized"]``. The paper's DP1
   cannot always split a block into its single convs (only where every prefix is a valid
   block, spec §7.16), so DP2 may still cost a bounded block at its bound: the plan then
   deploys the faster single convs, within the budget;
@@ -58,6 +61,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthfx.backends.base import Backend, Fingerprint, Runnable, get_backend
+from depthfx.backends.limits import available_memory
 from depthfx.backends.timing import Timing, measure
 from depthfx.errors import DepthFXError
 from depthfx.measure.block_shapes import BlockSpec, ConvShape, block_spec
@@ -210,9 +214,10 @@ def measure_latency_table(
 
     ``batch`` replaces the example inputs' batch size. ``analysis`` reuses an existing
     :func:`depthfx.analyze` result (it must match ``example_inputs``). ``cache_dir`` makes the
-    build resumable. ``bound=False`` times every block, however large. ``progress=None``
-    shows a bar only on a terminal. ``expect``: a fingerprint the setting must match (checked
-    before any block is timed, e.g. that of a table about to be overwritten). With
+    build resumable. ``bound=False`` times every block the backend can load, however slow.
+    ``progress=None`` shows a bar only on a terminal. ``expect``: a fingerprint the setting
+    must match (checked before any block is timed, e.g. that of a table about to be
+    overwritten). With
     ``end_to_end``, ``calibrate`` fits the in-context calibration on ``calibration_plans``
     real plans (module doc); ``calibrate=False`` keeps the raw additive model.
     """
@@ -261,8 +266,14 @@ def measure_latency_table(
         if cache is not None:
             cache.put(key, timing, coarse=rough)
 
+    memory = available_memory()  # blocks the backend cannot load are bounded, never built
+    oversized = {
+        k: why
+        for k, spec in work.by_key.items()
+        if (why := spec.unbuildable(onnx=build.onnx, memory=memory, jobs=jobs)) is not None
+    }
     peak = 0.0  # best MACs per ms seen on this setting
-    if bound:
+    if bound or oversized:
         probe_key = probe_spec.key()
         timing = lookup(probe_key) or _time(probe, protocol)[0]
         record(probe_key, timing)
@@ -282,6 +293,12 @@ def measure_latency_table(
             todo: list[str] = []
             for key in tier:
                 if key in timings or lookup(key) is not None:
+                    bar.update(1)
+                    continue
+                if key in oversized:  # at least its MAC bound, and slower than its singles
+                    singles = _singles(key, work, timings)
+                    lower = work.by_key[key].macs() / (peak * bound_safety)
+                    bounded[key] = lower if singles is None else max(lower, 2 * singles)
                     bar.update(1)
                     continue
                 singles = _singles(key, work, timings) if bound else None
@@ -351,8 +368,11 @@ def measure_latency_table(
         "blocks": blocks_meta,
         "bounded": sorted(",".join(map(str, b)) for k in bounded for b in work.members[k]),
         "coarse": sorted(",".join(map(str, b)) for k in coarse for b in work.members[k]),
+        "oversized": {
+            ",".join(map(str, b)): oversized[k] for k in oversized for b in work.members[k]
+        },
         "bound_safety": bound_safety if bound else None,
-        "peak_gmacs_per_s": peak / 1e6 if bound else None,
+        "peak_gmacs_per_s": peak / 1e6 if peak > 0 else None,
         "unique_shapes": len(work.by_key),
         "timed_now": len(timings) - cached,
         "from_cache": cached,

@@ -32,11 +32,13 @@ from dataclasses import replace
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from tqdm.auto import tqdm
 
 from depthfx.algebra import (
     AffineConv,
     compose,
+    crop,
     fold_bn,
     fold_bn_tensors,
     from_tensors,
@@ -70,6 +72,11 @@ def convert(
     of the recorded shapes) and ``MergeMismatch`` is raised beyond ``rtol``/``atol``, naming
     the first group whose merged conv does not reproduce its prepared convs.
 
+    Each merged conv is cropped to its input size at ``example_inputs`` (default: the shapes
+    ``prepare`` recorded, those the latency table was measured at): taps that meet only zero
+    padding are dropped (``depthfx.algebra.crop``), so the result is exact for inputs of that
+    size.
+
     A merged kernel grows by s·(k − 1) per conv (s: the stride product before it), so merging
     across many strided convs can give kernels of hundreds of taps (spec §7 pitfall 13).
     ``PlanError`` is raised before any work when a group's float64 kernel would exceed
@@ -84,6 +91,8 @@ def convert(
     for record in info.groups:
         _check_size(prepared, record, max_kernel_bytes)
     merged = copy.deepcopy(prepared).eval()
+    with torch.no_grad():  # each group's input size, for crop()
+        ShapeProp(merged).propagate(*_inputs(info, example_inputs))
     # Group outputs replaced so far: a later group whose input is one must read the new node.
     replaced: dict[str, fx.Node] = {}
     for record in tqdm(info.groups, desc="merging", unit="group", disable=None, leave=False):
@@ -154,6 +163,7 @@ def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx
             f"group {record.start}->{record.end} of chain {record.chain}: composed padding "
             f"{affine.padding} differs from the moved padding {record.pad}"
         )
+    affine = crop(affine, nodes[record.input].meta["tensor_meta"].shape[2:])
     dtype = gm.get_submodule(record.convs[0].module).weight.dtype
     pad, conv = to_modules(affine, dtype)
     prefix = record.name

@@ -3,14 +3,16 @@
 One concept per module, bottom-up: ``table_io`` (CSV/JSON formats and validation),
 ``optimal_times`` (DP1, T_opt), ``extend_importance`` (DP3, I_ext), ``latency_table`` and
 ``importance_table`` (the tables, raw and derived), ``merge_pattern`` (the fastest S ⊇ A on the
-raw latency table, spec §4.5) and ``budget_dp`` (DP2: :func:`solve`); LayerMerge's tables
-(``layermerge_tables``: one row per block and merged-conv variant) and its single-stage DP
-(``layermerge_dp``: :func:`solve_layermerge`).
+raw latency table, spec §4.5), ``budget_dp`` (DP2: :func:`solve`) and ``fastest`` (the
+fastest configuration, :func:`solve_fastest`: ``budget="fastest"`` and the minimum budget);
+LayerMerge's tables (``layermerge_tables``: one row per block and merged-conv variant) and its
+single-stage DP (``layermerge_dp``: :func:`solve_layermerge`).
 """
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
 from depthfx.solver.extend_importance import extend_importance
+from depthfx.solver.fastest import FASTEST, solve_fastest
 from depthfx.solver.importance_table import (
     NORMS,
     ExtendedImportanceTable,
@@ -37,6 +39,7 @@ from depthfx.solver.table_io import csv_text
 
 __all__ = [
     "BUDGET_UNITS",
+    "FASTEST",
     "LAYERMERGE_PREC",
     "NORMS",
     "ChainSolution",
@@ -63,6 +66,7 @@ __all__ = [
     "optimal_times",
     "round7",
     "solve",
+    "solve_fastest",
     "solve_layermerge",
     "valid_blocks",
 ]

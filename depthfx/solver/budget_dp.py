@@ -119,8 +119,8 @@ class Solution:
 
 
 @dataclass
-class _ChainCosts:
-    """One chain pre-indexed for DP2: integer costs, T_opt, DP1 splits and candidate lists."""
+class ChainCosts:
+    """One chain pre-indexed for the DPs: integer costs, T_opt, DP1 splits, candidate lists."""
 
     chain: int
     length: int
@@ -148,9 +148,9 @@ def round7(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare(
+def index_chains(
     opt: OptimalLatencyTable, ext: ExtendedImportanceTable, prec: float
-) -> list[_ChainCosts]:
+) -> list[ChainCosts]:
     """Check that the two tables describe the same blocks and index them per chain."""
     if set(opt.lengths) != set(ext.lengths):
         raise TableError(
@@ -180,7 +180,7 @@ def _prepare(
         for i, m, j, a in sorted(imp):
             cands[m][a].append((i, j, cost[i, m], imp[i, m, j, a]))
         chains.append(
-            _ChainCosts(
+            ChainCosts(
                 chain=c,
                 length=length,
                 cost=cost,
@@ -193,7 +193,7 @@ def _prepare(
     return chains
 
 
-def _cost_bounds(chains: Sequence[_ChainCosts], source: str) -> tuple[float, float]:
+def _cost_bounds(chains: Sequence[ChainCosts], source: str) -> tuple[float, float]:
     """(smallest positive, largest) integer cost of a complete configuration over all chains.
 
     The base case D(t, 0, 1) exists only for t ≤ T−1, so the final state D(T, L, ·) is reached
@@ -238,7 +238,7 @@ _State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # value, cost, p
 
 
 def _forward(
-    chains: Sequence[_ChainCosts], T: int
+    chains: Sequence[ChainCosts], T: int
 ) -> tuple[list[list[list[_State | None]]], list[np.ndarray]]:
     """DP2 tables for t = 0 … T; per chain ``states[m][a]`` and the flag feeding each start."""
     n = T + 1
@@ -310,7 +310,7 @@ def solve(
     raw = latency if isinstance(latency, LatencyTable) else None
     opt = latency.optimal() if isinstance(latency, LatencyTable) else latency
     ext = importance.extended() if isinstance(importance, ImportanceTable) else importance
-    chains = _prepare(opt, ext, prec)
+    chains = index_chains(opt, ext, prec)
     units = int(budget * prec)
     need, most = _cost_bounds(chains, opt.source)
     if math.isinf(need):
@@ -329,8 +329,12 @@ def solve(
         raise InfeasibleBudget(budget, _min_budget(need, prec), opt.unit)
     a = int(np.argmax(final))
     solution = _backtrack(chains, states, start_flags, T, a, final[a], budget, prec, units)
-    if raw is None:
-        return solution
+    return solution if raw is None else check_merge_pattern(solution, raw, warn=warn)
+
+
+def check_merge_pattern(solution: Solution, raw: LatencyTable, *, warn: bool = True) -> Solution:
+    """``solution`` with the merge-pattern DP's S for each chain's A on the raw table
+    (``fastest_merge_pos``, which plans deploy) and whether it reproduces the DP's S."""
     check = [optimal_merge_pattern(c.act_pos, raw, c.chain).merge_pos for c in solution.chains]
     ok = all(s == c.merge_pos for s, c in zip(check, solution.chains, strict=True))
     if not ok and warn:
@@ -338,13 +342,13 @@ def solve(
             "DP2's merge positions differ from the merge-pattern DP on the raw latency table "
             f"(DP2: {[c.merge_pos for c in solution.chains]}, merge DP: {check})",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return replace(solution, merge_check=ok, fastest_merge_pos=check)
 
 
 def _backtrack(
-    chains: Sequence[_ChainCosts],
+    chains: Sequence[ChainCosts],
     states: list[list[list[_State | None]]],
     start_flags: list[np.ndarray],
     T: int,
@@ -371,7 +375,17 @@ def _backtrack(
             a = int(start_flags[c - 1][t])
     assert states[0][0][1] is not None and states[0][0][1][0][t] == 0.0
     per_chain.reverse()
+    results, objective, time_units, time = chain_results(chains, per_chain)
+    assert objective == value, f"recomputed objective {objective!r} != DP value {value!r}"
+    assert time_units <= units
+    return Solution(results, objective, time_units, time, budget, prec, units)
 
+
+def chain_results(
+    chains: Sequence[ChainCosts], per_chain: Sequence[Sequence[ExtendedBlock]]
+) -> tuple[list[ChainSolution], float, int, float]:
+    """Each chain's A, S and sums for its DP blocks, and the totals (objective, units, time),
+    summed from the first block forward."""
     objective, time_units, time = 0.0, 0, 0.0
     results = []
     for ch, blocks in zip(chains, per_chain, strict=True):
@@ -389,8 +403,8 @@ def _backtrack(
         merge.discard(0)
         assert acts <= merge and ends <= merge
         results.append(
-            ChainSolution(ch.chain, sorted(acts), sorted(merge), blocks, c_obj, c_units, c_time)
+            ChainSolution(
+                ch.chain, sorted(acts), sorted(merge), list(blocks), c_obj, c_units, c_time
+            )
         )
-    assert objective == value, f"recomputed objective {objective!r} != DP value {value!r}"
-    assert time_units <= units
-    return Solution(results, objective, time_units, time, budget, prec, units)
+    return results, objective, time_units, time

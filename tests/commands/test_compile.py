@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,20 @@ MODELS = Path(__file__).parent / "toy_models.py"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One table cache for the module: the tests differ in budgets, not in tables."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_compile_writes_onnx_plan_and_report(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture
+) -> None:
     out, plan_path, report_path = tmp_path / "m.onnx", tmp_path / "p.json", tmp_path / "r.json"
     args = [
-        "compile", f"{MODELS}:tiny_mobilenet", "--input-shape", "1,3,32,32", "--budget", "0.9",
+        "compile", f"{MODELS}:tiny_mobilenet", "--input-shape", "1,3,32,32", "--budget", "fastest",
         "--images", "8", "-o", str(out), "--plan-out", str(plan_path), "--report", str(report_path),
-        "--cache", str(tmp_path / "cache"),
+        "--cache", str(cache),
     ]  # fmt: skip
     assert main(args) == 0
     printed, err = capsys.readouterr()
@@ -42,7 +51,7 @@ def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.Capt
     assert report["predicted_ms"] <= report["budget_ms"] * 1.05  # floor discretisation slack
     assert f"{report['speedup']:.2f}×" in printed and "convs" in printed
     # --cache keeps the proxy's sums too (one batch of the 8 images): a re-run resumes.
-    (proxy,) = (tmp_path / "cache").glob("proxy-*.json")
+    (proxy,) = cache.glob("proxy-*.json")
     assert json.loads(proxy.read_text())["state"]["batches"] == 1
 
     plan = Plan.load(plan_path)
@@ -59,11 +68,11 @@ def test_compile_writes_onnx_plan_and_report(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_infeasible_budget_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture
 ) -> None:
     args = [
         "compile", f"{MODELS}:tiny_mobilenet", "--input-shape", "1,3,32,32", "--budget", "0.01",
-        "--images", "4", "--cache", str(tmp_path / "cache"),
+        "--images", "8", "--cache", str(cache),
     ]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -71,6 +80,13 @@ def test_infeasible_budget_is_one_line_exit_2(
     error = err.splitlines()[-1]  # warnings (e.g. proxy on random data) may come before it
     assert error.startswith("depthfx: error: budget") and "infeasible" in error
     assert "at least" in error and "of the original" in error
+    # The minimum it names, passed back as the budget, compiles at once (same cached tables).
+    (minimum,) = re.findall(r"needs at least (\S+) ms", error)
+    (fraction,) = re.findall(r"budget of at least (\S+) of the original", error)
+    report = tmp_path / "report.json"
+    assert main([*args[:4], "--budget", fraction, *args[6:], "--report", str(report)]) == 0
+    budget_ms = json.loads(report.read_text())["budget_ms"]
+    assert float(minimum) <= budget_ms <= float(minimum) * (1 + 1e-9)
 
 
 def test_untraceable_model_is_one_line_exit_2(capsys: pytest.CaptureFixture) -> None:

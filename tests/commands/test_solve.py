@@ -134,3 +134,20 @@ def test_help_describes_formats(capsys: pytest.CaptureFixture) -> None:
     text = capsys.readouterr().out
     for needle in ("time_*.csv: id, st, end, time, stdev", "st_act, end_act", "--budget"):
         assert needle in text
+
+
+def test_budget_fastest(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--budget fastest solves for the fastest configuration; its time is a feasible budget."""
+    out = tmp_path / "sol.json"
+    assert depthfx.cli.main(_args(data_dir, "--budget", "fastest", "--json", str(out))) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert printed.startswith(f"fastest: budget {doc['time']:g} ms")
+    assert doc["budget"] == doc["time"]
+    lat = LatencyTable.read_csv(data_dir / "paper_tables/mbv2_1.0/time_fish_gpu1_1228.csv")
+    imp = ImportanceTable.read_csv(data_dir / IMP, score="val_acc", norm="single", alpha=1.6)
+    assert solve(lat, imp, doc["time"], 20).time >= doc["time"]  # feasible; nothing is faster
+    tables = [str(data_dir / "paper_tables/mbv2_1.0/time_fish_gpu1_1228.csv"), str(data_dir / IMP)]
+    argv = ["solve", "--latency", tables[0], "--importance", tables[1], "--budget", "fastest"]
+    err = _fails([*argv, "--method", "layermerge"], capsys)
+    assert "--budget fastest: only with --method icml23" in err

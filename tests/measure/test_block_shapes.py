@@ -86,3 +86,24 @@ def test_plan_groups_match_prepare_convert(net: nn.Module, x: torch.Tensor) -> N
             assert tuple(conv.kernel_size) == spec.conv.kernel, (i, j)
             assert tuple(conv.stride) == spec.conv.stride, (i, j)
             assert conv.groups == spec.conv.groups, (i, j)
+
+
+def test_small_input_crops_entries_and_converted_convs_alike(net: nn.Module) -> None:
+    """At 3×3 the merged kernels are cropped to the input extent; convert emits exactly the
+    cropped conv the table entry times, and the merged network still equals the prepared one."""
+    x = torch.randn(2, 3, 3, 3)
+    analysis = analyze(net, (x,))
+    (chain,) = analysis.chains
+    whole = block_spec(chain, 0, 6)
+    full = _real_merged(net, [c.module for c in chain.convs])
+    # 7×11 at stride 2: two outputs per axis read at most 3 + 2 rows/cols of the 3×3 input.
+    assert full.kernel_size == (7, 11) and whole.conv.kernel == (5, 5)
+    plan = Plan.for_analysis(analysis, [chain_plan([c.node for c in chain.convs], {6}, {6})])
+    prepared = prepare(net, plan, (x,))
+    merged = convert(prepared, plan, (x,))  # checks merged == prepared itself
+    (conv,) = [m for m in merged.modules() if isinstance(m, nn.Conv2d)]
+    assert tuple(conv.kernel_size) == whole.conv.kernel
+    pad = next((m.padding for m in merged.modules() if isinstance(m, nn.ZeroPad2d)), None)
+    top, bottom, left, right = whole.conv.pads
+    assert (pad or (conv.padding[1],) * 2 + (conv.padding[0],) * 2) == (left, right, top, bottom)
+    torch.testing.assert_close(merged(x), prepared.eval()(x), rtol=1e-4, atol=1e-5)

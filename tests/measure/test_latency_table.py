@@ -13,6 +13,7 @@ from torch import nn
 
 from depthfx.errors import FingerprintMismatch, TableError
 from depthfx.measure import latency_table
+from depthfx.measure.block_shapes import block_spec
 from depthfx.measure.cache import TimingCache
 from depthfx.measure.latency_table import load_table, measure_latency_table
 from depthfx.measure.setting import check_table
@@ -92,3 +93,68 @@ def test_batch_option_sets_every_entry_shape(net: nn.Module, x: torch.Tensor) ->
     t = measure_latency_table(net, (x,), batch=3, protocol=FAST, end_to_end=False)
     assert t.meta["batch"] == 3 and t.meta["fingerprint"]["batch"] == 3
     assert all(b["shape"].split("@")[1].startswith("3x") for b in t.meta["blocks"].values())
+
+
+def test_blocks_the_backend_cannot_load_are_bounded_never_built(
+    net: nn.Module, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With (pretend) 48 kB free, merged convs over 1000 weights cannot be built: they are
+    bounded above their single convs, listed with the reason, and the build still succeeds."""
+    built: list[int] = []
+    real = latency_table._Builder.__call__
+
+    def recording(self, spec):
+        built.append(spec.conv.weight_numel())
+        return real(self, spec)
+
+    monkeypatch.setattr(latency_table._Builder, "__call__", recording)
+    monkeypatch.setattr(latency_table, "available_memory", lambda: 48_000)
+    table = measure_latency_table(net, (x,), protocol=FAST, bound=False, end_to_end=False)
+    oversized = table.meta["oversized"]
+    assert oversized and all("available" in why for why in oversized.values())
+    built_blocks = built[1:]  # built[0] is the throughput probe (256×256 3×3), timed first
+    assert max(built_blocks) <= 1000 < min(block_numel(net, x, key) for key in map(_key, oversized))
+    for c, i, j in map(_key, oversized):
+        singles = sum(table.times[c, p - 1, p] for p in range(i + 1, j + 1))
+        assert table.times[c, i, j] > singles
+    assert set(oversized) <= set(table.meta["bounded"])
+
+
+def _key(text: str) -> tuple[int, int, int]:
+    c, i, j = map(int, text.split(","))
+    return c, i, j
+
+
+def block_numel(net: nn.Module, x: torch.Tensor, key: tuple[int, int, int]) -> int:
+    chain = analyze(net, (x,)).chains[key[0]]
+    return block_spec(chain, key[1], key[2]).conv.weight_numel()
+
+
+def _real_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "mobilenet_v2":
+        import torchvision
+
+        return torchvision.models.mobilenet_v2(weights=None).eval()
+    import timm
+
+    return timm.create_model(name, pretrained=False).eval()
+
+
+@pytest.mark.slow  # minutes each: every valid block of a real network (general strides)
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "tf_efficientnet_lite0"])
+def test_real_networks_build_at_small_inputs(name: str, size: int) -> None:
+    """Every block is timed or bounded (none too large to build escapes as an error), and the
+    merged kernels are cropped to the input: none is wider than the map it reads plus the
+    span of its outputs."""
+    model = _real_model(name)
+    x = torch.randn(1, 3, size, size)
+    table = measure_latency_table(model, (x,), threads=1, calibrate=False, progress=False)
+    assert all(math.isfinite(t) and t > 0 for t in table.times.values())
+    for chain in analyze(model, (x,)).chains:
+        for i, j in chain.valid_blocks():
+            c, hw = block_spec(chain, i, j).conv, chain.convs[i].input_shape[2:]
+            ho, wo = c.output_hw(hw)
+            assert c.kernel[0] <= hw[0] + (ho - 1) * c.stride[0], (chain.index, i, j)
+            assert c.kernel[1] <= hw[1] + (wo - 1) * c.stride[1], (chain.index, i, j)
