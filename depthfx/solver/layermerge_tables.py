@@ -146,8 +146,11 @@ class LayerMergeLatencyTable:
         unit: str = "ms",
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.source, self.unit = source, unit
+        #: How the rows were measured (fingerprint, input shape, ...); empty for a CSV.
+        self.meta: dict[str, Any] = dict(meta or {})
         self.rows: list[tuple[ShapeKey, tuple[int, ...] | None, float, float]] = []
         self.lines: list[int] = []
         first: dict[tuple[ShapeKey, tuple[int, ...] | None], int] = {}
