@@ -211,8 +211,11 @@ class LayerMergeImportanceTable:
         *,
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
+        #: How the scores were measured (proxy fingerprint, ...); empty for a CSV.
+        self.meta: dict[str, Any] = dict(meta or {})
         self.rows: list[tuple[ShapeKey, tuple[int, ...], float]] = []
         self.lines: list[int] = []
         first: dict[tuple[ShapeKey, tuple[int, ...]], int] = {}
