@@ -5,11 +5,13 @@ One concept per module, bottom-up: ``table_io`` (CSV/JSON formats and validation
 ``importance_table`` (the tables, raw and derived), ``merge_pattern`` (the fastest S ⊇ A on the
 raw latency table, spec §4.5) and ``budget_dp`` (DP2: :func:`solve`); LayerMerge's tables
 (``layermerge_tables``: one row per block and merged-conv variant) and its single-stage DP
-(``layermerge_dp``: :func:`solve_layermerge`).
+(``layermerge_dp``: :func:`solve_layermerge`); ``combined_dp`` (:func:`solve_combined`: both
+methods' rows in one DP, spec §7.19).
 """
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
+from depthfx.solver.combined_dp import CombinedSolution, solve_combined
 from depthfx.solver.extend_importance import extend_importance
 from depthfx.solver.importance_table import (
     NORMS,
@@ -41,6 +43,7 @@ __all__ = [
     "NORMS",
     "ChainSolution",
     "Child",
+    "CombinedSolution",
     "ExtendedImportanceTable",
     "ImportanceKey",
     "ImportanceTable",
@@ -63,6 +66,7 @@ __all__ = [
     "optimal_times",
     "round7",
     "solve",
+    "solve_combined",
     "solve_layermerge",
     "valid_blocks",
 ]
