@@ -11,7 +11,7 @@ methods' rows in one DP, spec §7.19).
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
-from depthfx.solver.combined_dp import CombinedSolution, solve_combined
+from depthfx.solver.combined_dp import CombinedChain, CombinedSolution, solve_combined
 from depthfx.solver.extend_importance import extend_importance
 from depthfx.solver.importance_table import (
     NORMS,
@@ -43,6 +43,7 @@ __all__ = [
     "NORMS",
     "ChainSolution",
     "Child",
+    "CombinedChain",
     "CombinedSolution",
     "ExtendedImportanceTable",
     "ImportanceKey",

@@ -76,12 +76,12 @@ def test_matches_brute_force_and_dominates_both(seed: int) -> None:
     for frac in (0.3, 0.5, 0.7, 0.9):
         budget = frac * full
         try:
-            sol = solve_combined(opt, ext, lm, budget, PREC)
+            sol = solve_combined({0: lm}, budget, PREC, latency=opt, importance=ext)
         except InfeasibleBudget:
             assert brute(opt, ext, lm, int(budget * PREC)) == -float("inf")
             continue
         assert sol.objective == pytest.approx(brute(opt, ext, lm, int(budget * PREC)), abs=1e-6)
-        assert sol.time_units <= int(budget * PREC) and sol.merge_pos[-1] == L
+        assert sol.time_units <= int(budget * PREC) and sol.chains[0].merge_pos[-1] == L
         for other in (solve, solve_layermerge):
             try:
                 theirs = (
@@ -95,8 +95,8 @@ def test_matches_brute_force_and_dominates_both(seed: int) -> None:
 def test_infeasible_budget_reports_the_minimum() -> None:
     opt, ext, lm = instance(0)
     with pytest.raises(InfeasibleBudget) as err:
-        solve_combined(opt, ext, lm, 0.05, PREC)
-    solve_combined(opt, ext, lm, err.value.minimum, PREC)
+        solve_combined({0: lm}, 0.05, PREC, latency=opt, importance=ext)
+    solve_combined({0: lm}, err.value.minimum, PREC, latency=opt, importance=ext)
 
 
 def test_strictly_better_than_both_somewhere() -> None:
@@ -104,6 +104,25 @@ def test_strictly_better_than_both_somewhere() -> None:
     budget = 0.3 * sum(opt.times[0, p - 1, p] for p in range(1, L + 1))
     with pytest.raises(InfeasibleBudget):
         solve(opt, ext, budget, PREC)
-    sol = solve_combined(opt, ext, lm, budget, PREC)
+    sol = solve_combined({0: lm}, budget, PREC, latency=opt, importance=ext)
     assert sol.objective > solve_layermerge(lm, budget, PREC).objective + 0.1
-    assert {p.variant is None for p in sol.pieces} == {True, False}  # mixes both kinds of row
+    assert {p.variant is None for p in sol.chains[0].pieces} == {
+        True,
+        False,
+    }  # mixes both kinds of row
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layermerge_rows_alone_are_layermerges_dp(seed: int) -> None:
+    _, _, lm = instance(seed)
+    for budget in (1.0, 1.5, 2.5):
+        try:
+            theirs = solve_layermerge(lm, budget, PREC)
+        except InfeasibleBudget:
+            with pytest.raises(InfeasibleBudget):
+                solve_combined({0: lm}, budget, PREC)
+            continue
+        ours = solve_combined({0: lm}, budget, PREC)
+        assert ours.objective == theirs.objective and ours.time_units == theirs.time_units
+        assert ours.chains[0].merge_pos == theirs.act_ind == ours.chains[0].act_pos
+        assert ours.chains[0].pruned == theirs.pruned
