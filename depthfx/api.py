@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
+from depthfx.measure.layermerge_plan import METHODS, plan_variants, variant_tables
 from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
@@ -44,6 +45,7 @@ def plan(
     prec: float | None = None,
     latency_options: dict[str, Any] | None = None,
     importance_options: dict[str, Any] | None = None,
+    method: str = "icml23",
 ) -> Plan:
     """Choose A and S for every chain of ``model`` so its predicted latency fits the budget.
 
@@ -52,15 +54,20 @@ def plan(
     measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
     ``data``, its entries' merge groups from the latency table; both cache their work).
     ``prec`` (latency units per ms) defaults to a value that gives the chain budget about 2000
-    integer units.
+    integer units. ``method``: ``"icml23"`` (the two-stage DP), ``"layermerge"`` (LayerMerge's
+    variants: merged blocks with pruned convs) or ``"combined"`` (both rows in one DP, never
+    worse than either on the same tables); the last two set ``pruned`` in the plan and measure
+    each chain's variant tables (:mod:`depthfx.measure.layermerge_plan`).
     """
+    if method not in METHODS:
+        raise DepthFXError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     inputs = _as_tuple(example_inputs)
     analysis = analyze(model, inputs, strided=strided, exclude=exclude, training=False)
     if latency is None:
         latency = LatencyTable.measure(
             model, inputs, backend=backend, analysis=analysis, **(latency_options or {})
         )
-    if importance is None:
+    if importance is None and method != "layermerge":
         importance = ImportanceTable.measure(
             model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
         )
@@ -76,7 +83,22 @@ def plan(
         span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
         prec = BUDGET_UNITS / span
     try:
-        solution = solve(latency, importance, budget=chain_budget, prec=prec, warn=False)
+        if method == "icml23":
+            assert importance is not None
+            solution = solve(latency, importance, budget=chain_budget, prec=prec, warn=False)
+            chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
+            chain_ms, objective = _deployed_chain_ms(latency, solution), solution.objective
+            extra: dict[str, Any] = {}
+        else:
+            tables = variant_tables(
+                model, inputs, data, analysis, backend=backend,
+                latency_options=latency_options, importance_options=importance_options,
+            )  # fmt: skip
+            found = plan_variants(
+                analysis, tables, method, chain_budget, prec, latency=latency, importance=importance
+            )
+            chains, chain_ms, objective = found.chains, found.chain_ms, found.objective
+            extra = found.fingerprints
     except InfeasibleBudget as err:
         fastest = model_ms.predict(err.minimum)
         how = (
@@ -93,18 +115,18 @@ def plan(
                 f"original's {total_ms:.4g} ms"
             ),
         ) from None
-    chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
     return Plan(
         chains=chains,
         input_shapes=tuple(tuple(x.shape) for x in inputs),
         strided=strided,
         exclude=tuple(exclude),
         budget_ms=budget_ms,
-        predicted_ms=model_ms.predict(_deployed_chain_ms(latency, solution)),
-        objective=solution.objective,
+        predicted_ms=model_ms.predict(chain_ms),
+        objective=objective,
         fingerprints={
             "latency": dict(latency.meta.get("fingerprint", {})),
-            "importance": dict(importance.meta.get("fingerprint", {})),
+            "importance": dict(importance.meta.get("fingerprint", {})) if importance else {},
+            **extra,
         },
     )
 

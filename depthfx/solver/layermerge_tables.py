@@ -286,9 +286,12 @@ class LayerMergeTable:
         unit: str = "ms",
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.variants = tuple(variants)
         self.unit, self.source = unit, source
+        #: The halves' meta when joined: ``{"latency": ..., "importance": ...}``.
+        self.meta: dict[str, Any] = dict(meta or {})
         if not self.variants:
             raise TableError(f"{source}: no rows")
         numbers = list(lines) if lines is not None else list(range(1, len(self.variants) + 1))
@@ -350,7 +353,8 @@ class LayerMergeTable:
             if latency.source == importance.source
             else f"{latency.source} + {importance.source}"
         )
-        return cls(variants, unit=latency.unit, source=source, lines=latency.lines)
+        meta = {"latency": latency.meta, "importance": importance.meta}
+        return cls(variants, unit=latency.unit, source=source, lines=latency.lines, meta=meta)
 
     @classmethod
     def read_csv(
