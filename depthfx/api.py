@@ -10,7 +10,7 @@ API: ``plan`` → ``prepare`` → your training or ``depthfx.finetune`` → ``co
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +23,14 @@ from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis
-from depthfx.solver import BUDGET_UNITS, ImportanceTable, LatencyTable, Solution, solve
+from depthfx.solver import (
+    BUDGET_UNITS,
+    ImportanceTable,
+    LatencyTable,
+    LayerMergeTable,
+    Solution,
+    solve,
+)
 
 #: Discretisation target: the chain budget spans about this many integer latency units.
 
@@ -46,6 +53,7 @@ def plan(
     latency_options: dict[str, Any] | None = None,
     importance_options: dict[str, Any] | None = None,
     method: str = "icml23",
+    variants: Mapping[int, LayerMergeTable] | None = None,
 ) -> Plan:
     """Choose A and S for every chain of ``model`` so its predicted latency fits the budget.
 
@@ -57,7 +65,8 @@ def plan(
     integer units. ``method``: ``"icml23"`` (the two-stage DP), ``"layermerge"`` (LayerMerge's
     variants: merged blocks with pruned convs) or ``"combined"`` (both rows in one DP, never
     worse than either on the same tables); the last two set ``pruned`` in the plan and measure
-    each chain's variant tables (:mod:`depthfx.measure.layermerge_plan`).
+    each chain's variant tables (:mod:`depthfx.measure.layermerge_plan`) unless ``variants``
+    gives them (chain index → :class:`~depthfx.solver.LayerMergeTable`).
     """
     if method not in METHODS:
         raise DepthFXError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -90,7 +99,7 @@ def plan(
             chain_ms, objective = _deployed_chain_ms(latency, solution), solution.objective
             extra: dict[str, Any] = {}
         else:
-            tables = variant_tables(
+            tables = variants or variant_tables(
                 model, inputs, data, analysis, backend=backend,
                 latency_options=latency_options, importance_options=importance_options,
             )  # fmt: skip

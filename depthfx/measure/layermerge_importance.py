@@ -17,7 +17,7 @@ sums the damage of each block, as the ICML'23 proxy table does (norm "none").
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -67,12 +67,18 @@ def measure_layermerge_importance(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    only: Collection[tuple[int, int, tuple[int, ...]]] | None = None,
 ) -> LayerMergeImportanceTable:
-    """Proxy score of every LayerMerge variant of chain ``chain``, in variant order."""
+    """Proxy score of every LayerMerge variant of chain ``chain``, in variant order; ``only``:
+    score just these (st, end, kept), e.g. the rows a latency table did not skip."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     if analysis is None:
         analysis = analyze(model, tuple(inputs), training=False)  # type: ignore[arg-type]
-    variants = [v for v in chain_variants(analysis) if v.chain == chain]
+    variants = [
+        v
+        for v in chain_variants(analysis)
+        if v.chain == chain and (only is None or (v.st, v.end, v.kept) in only)
+    ]
     if not variants:
         raise DepthFXError(f"{type(model).__name__}: chain {chain} has no LayerMerge variant")
     # A variant's proxy key: (chain, st, end, 0, its index); the proxies group by (chain, st).

@@ -63,8 +63,9 @@ def variant_tables(
         t = measure_layermerge_latency(
             model, inputs, chain=chain.index, backend=backend, analysis=analysis, **lat
         )
+        timed = {(key[0], key[1], kept) for key, kept, _, _ in t.rows}
         i = measure_layermerge_importance(
-            model, inputs, data, chain=chain.index, analysis=analysis, **imp
+            model, inputs, data, chain=chain.index, analysis=analysis, only=timed, **imp
         )
         tables[chain.index] = LayerMergeTable.join(t, i)
     return tables
