@@ -6,8 +6,9 @@ that keeps only the variant's convs (the others pruned, :mod:`depthfx.passes.pru
 activation inside the block, the activation at st as in the original and one at its end
 (:func:`end_activation`). It is scored by the existing proxy (``estimate="fisher"`` or
 ``"exact"``) on the same data as the ICML'23 table, so that the keep-all variant of a block is
-exactly the ICML'23 entry (chain, st, end, a_st, 1) and both tables share one scale, which the
-combined DP (spec §7.19) needs.
+the ICML'23 entry (chain, st, end, a_st, 1) and both tables share one scale, which the combined
+DP (spec §7.19) needs. Exactly so with the paper's groups (S = A); an ICML'23 table scored with
+``latency=`` (the deployed groups) differs outside the block, by the groups' moved paddings.
 
 The importance is the proxy's raw score (−KL, ≤ 0), not the paper's exp(Δacc/100): an
 exp-normalised objective is ≈ the number of blocks (spec §4.8, pitfall 7), while the raw score
