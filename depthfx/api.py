@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
+from depthfx.measure.layermerge_plan import METHODS, plan_variants, variant_tables
 from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.plans import Plan, solution_chains
@@ -28,6 +29,7 @@ from depthfx.solver import (
     FASTEST,
     ImportanceTable,
     LatencyTable,
+    LayerMergeTable,
     Solution,
     solve,
     solve_fastest,
@@ -53,6 +55,8 @@ def plan(
     prec: float | None = None,
     latency_options: dict[str, Any] | None = None,
     importance_options: dict[str, Any] | None = None,
+    method: str = "icml23",
+    variants: Mapping[int, LayerMergeTable] | None = None,
 ) -> Plan:
     """Choose A and S for every chain of ``model`` so its predicted latency fits the budget.
 
@@ -70,46 +74,94 @@ def plan(
     ``benchmarks/accuracy.py --quick``), but it runs every entry's whole network, so it is
     opt-in until its cost on large models is measured.
     ``prec`` (latency units per ms) defaults to a value that gives the chain budget about 2000
-    integer units.
+    integer units. ``method``: ``"icml23"`` (the two-stage DP), ``"layermerge"`` (LayerMerge's
+    variants: merged blocks with pruned convs) or ``"combined"`` (both rows in one DP, never
+    worse than either on the same tables); the last two set ``pruned`` in the plan and measure
+    each chain's variant tables (:mod:`depthfx.measure.layermerge_plan`) unless ``variants``
+    gives them (chain index → :class:`~depthfx.solver.LayerMergeTable`).
     """
+    if method not in METHODS:
+        raise DepthFXError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     inputs = _as_tuple(example_inputs)
     analysis = analyze(model, inputs, strided=strided, exclude=exclude, training=False)
     if latency is None:
         latency = LatencyTable.measure(
             model, inputs, backend=backend, analysis=analysis, **(latency_options or {})
         )
-    if importance is None:
+    if importance is None and method != "layermerge":
         importance = ImportanceTable.measure(
             model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
         )
     model_ms = _latency_budget_parts(latency)
     total_ms = model_ms.end_to_end_ms
-    if budget == FASTEST and budget_ms is None:
-        solution = solve_fastest(
-            latency, importance, prec or _prec(model_ms.chain_budget(total_ms)), warn=False
+    positive = not isinstance(budget, str) and budget is not None and budget > 0
+    if budget_ms is None and not (budget == FASTEST or positive):
+        raise DepthFXError(
+            f"budget must be a positive fraction of the latency or 'fastest', got {budget!r}"
         )
-        budget_ms = _ms_for(model_ms, _with_margin(solution.time))
+    extra: dict[str, Any] = {}
+    if method == "icml23":
+        assert importance is not None
+        if budget == FASTEST and budget_ms is None:
+            solution = solve_fastest(
+                latency, importance, prec or _prec(model_ms.chain_budget(total_ms)), warn=False
+            )
+            budget_ms = _ms_for(model_ms, _with_margin(solution.time))
+        else:
+            budget_ms = budget * total_ms if budget_ms is None else budget_ms
+            solution = _solve(latency, importance, model_ms, budget_ms, prec)
+        chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
+        chain_ms, objective = _deployed_chain_ms(latency, solution), solution.objective
     else:
-        if budget_ms is None:
-            if isinstance(budget, str) or budget is None or not budget > 0:
-                raise DepthFXError(
-                    "budget must be a positive fraction of the latency or 'fastest', "
-                    f"got {budget!r}"
-                )
-            budget_ms = budget * total_ms
-        solution = _solve(latency, importance, model_ms, budget_ms, prec)
-    chains = solution_chains(analysis, solution)  # the fastest S for each chain's A
+        if budget == FASTEST and budget_ms is None:
+            raise DepthFXError(
+                f"budget='fastest' is implemented for method='icml23' only; with "
+                f"method={method!r} pass a budget (InfeasibleBudget names the smallest one)"
+            )
+        budget_ms = budget * total_ms if budget_ms is None else budget_ms
+        # The DP runs on the raw table entries; the (calibrated) model maps ms to table units.
+        chain_budget = model_ms.chain_budget(budget_ms)
+        span = chain_budget if chain_budget > 0 else model_ms.chain_budget(total_ms)
+        units_prec = prec if prec is not None else _prec(span)
+        tables = variants or variant_tables(
+            model, inputs, data, analysis, backend=backend,
+            latency_options=latency_options, importance_options=importance_options,
+        )  # fmt: skip
+        try:
+            found = plan_variants(
+                analysis, tables, method, chain_budget, units_prec,
+                latency=latency, importance=importance,
+            )  # fmt: skip
+        except InfeasibleBudget as err:
+            fastest = model_ms.predict(err.minimum)
+            how = (
+                f"{model_ms.fixed_ms:.4g} ms + {model_ms.scale:.4g} × {err.minimum:.4g} ms of "
+                "table time in the chains (calibrated)"
+                if model_ms.calibrated
+                else f"{model_ms.fixed_ms:.4g} ms outside the chains + {err.minimum:.4g} ms in them"
+            )
+            raise InfeasibleBudget(
+                budget_ms,
+                fastest,
+                detail=(
+                    f" ({how}), that is a budget of at least {fastest / total_ms:.3f} of the "
+                    f"original's {total_ms:.4g} ms"
+                ),
+            ) from None
+        chains, chain_ms, objective = found.chains, found.chain_ms, found.objective
+        extra = found.fingerprints
     return Plan(
         chains=chains,
         input_shapes=tuple(tuple(x.shape) for x in inputs),
         strided=strided,
         exclude=tuple(exclude),
         budget_ms=budget_ms,
-        predicted_ms=model_ms.predict(_deployed_chain_ms(latency, solution)),
-        objective=solution.objective,
+        predicted_ms=model_ms.predict(chain_ms),
+        objective=objective,
         fingerprints={
             "latency": dict(latency.meta.get("fingerprint", {})),
-            "importance": dict(importance.meta.get("fingerprint", {})),
+            "importance": dict(importance.meta.get("fingerprint", {})) if importance else {},
+            **extra,
         },
     )
 

@@ -6,11 +6,13 @@ One concept per module, bottom-up: ``table_io`` (CSV/JSON formats and validation
 raw latency table, spec §4.5), ``budget_dp`` (DP2: :func:`solve`) and ``fastest`` (the
 fastest configuration, :func:`solve_fastest`: ``budget="fastest"`` and the minimum budget);
 LayerMerge's tables (``layermerge_tables``: one row per block and merged-conv variant) and its
-single-stage DP (``layermerge_dp``: :func:`solve_layermerge`).
+single-stage DP (``layermerge_dp``: :func:`solve_layermerge`); ``combined_dp``
+(:func:`solve_combined`: both methods' rows in one DP, spec §7.19).
 """
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
 from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
+from depthfx.solver.combined_dp import CombinedChain, CombinedSolution, solve_combined
 from depthfx.solver.extend_importance import extend_importance
 from depthfx.solver.fastest import FASTEST, solve_fastest
 from depthfx.solver.importance_table import (
@@ -44,6 +46,8 @@ __all__ = [
     "NORMS",
     "ChainSolution",
     "Child",
+    "CombinedChain",
+    "CombinedSolution",
     "ExtendedImportanceTable",
     "ImportanceKey",
     "ImportanceTable",
@@ -66,6 +70,7 @@ __all__ = [
     "optimal_times",
     "round7",
     "solve",
+    "solve_combined",
     "solve_fastest",
     "solve_layermerge",
     "valid_blocks",

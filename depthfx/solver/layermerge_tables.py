@@ -146,8 +146,11 @@ class LayerMergeLatencyTable:
         unit: str = "ms",
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.source, self.unit = source, unit
+        #: How the rows were measured (fingerprint, input shape, ...); empty for a CSV.
+        self.meta: dict[str, Any] = dict(meta or {})
         self.rows: list[tuple[ShapeKey, tuple[int, ...] | None, float, float]] = []
         self.lines: list[int] = []
         first: dict[tuple[ShapeKey, tuple[int, ...] | None], int] = {}
@@ -208,8 +211,11 @@ class LayerMergeImportanceTable:
         *,
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
+        #: How the scores were measured (proxy fingerprint, ...); empty for a CSV.
+        self.meta: dict[str, Any] = dict(meta or {})
         self.rows: list[tuple[ShapeKey, tuple[int, ...], float]] = []
         self.lines: list[int] = []
         first: dict[tuple[ShapeKey, tuple[int, ...]], int] = {}
@@ -280,9 +286,12 @@ class LayerMergeTable:
         unit: str = "ms",
         source: str = ENTRIES,
         lines: Iterable[int] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.variants = tuple(variants)
         self.unit, self.source = unit, source
+        #: The halves' meta when joined: ``{"latency": ..., "importance": ...}``.
+        self.meta: dict[str, Any] = dict(meta or {})
         if not self.variants:
             raise TableError(f"{source}: no rows")
         numbers = list(lines) if lines is not None else list(range(1, len(self.variants) + 1))
@@ -344,7 +353,8 @@ class LayerMergeTable:
             if latency.source == importance.source
             else f"{latency.source} + {importance.source}"
         )
-        return cls(variants, unit=latency.unit, source=source, lines=latency.lines)
+        meta = {"latency": latency.meta, "importance": importance.meta}
+        return cls(variants, unit=latency.unit, source=source, lines=latency.lines, meta=meta)
 
     @classmethod
     def read_csv(

@@ -29,6 +29,8 @@ def entries_of(analysis: Analysis, exclude_zeros: bool = True) -> list[Importanc
 
 #: Merge boundaries S of a chain's network for its kept activations A: (chain index, A) → S.
 MergeRule = Callable[[int, frozenset[int]], set[int]]
+#: The plan of a key's network (the proxies default to :func:`entry_plan`).
+PlanOf = Callable[[ImportanceKey], Plan]
 
 
 def fastest_merges(analysis: Analysis, latency: LatencyTable) -> MergeRule:
@@ -73,4 +75,4 @@ def entry_plan(
     return Plan.for_analysis(analysis, chains)
 
 
-__all__ = ["MergeRule", "entries_of", "entry_plan", "fastest_merges"]
+__all__ = ["MergeRule", "PlanOf", "entries_of", "entry_plan", "fastest_merges"]

@@ -29,7 +29,7 @@ from depthfx.measure.importance.divergence import (
     output_tensors,
     score_columns,
 )
-from depthfx.measure.importance.entries import MergeRule, entry_plan
+from depthfx.measure.importance.entries import MergeRule, PlanOf, entry_plan
 from depthfx.measure.importance.methods import ImportanceResult
 from depthfx.measure.importance.networks import build_network
 from depthfx.measure.importance.proxy_data import proxy_inputs
@@ -49,9 +49,12 @@ def exact_proxy(
     batch_size: int,
     seed: int,
     progress: bool,
+    plan_of: PlanOf | None = None,
 ) -> ImportanceResult:
     """Every entry's network run to the output on the proxy's batches, the networks that agree
-    up to their last merge boundary before the block sharing that prefix (module docstring)."""
+    up to their last merge boundary before the block sharing that prefix (module docstring).
+    ``plan_of``: each key's network plan (default :func:`entry_plan`; LayerMerge variants
+    bring their own, with pruned convs)."""
     from tqdm.auto import tqdm
 
     analysis, batches, is_random = proxy_inputs(analysis, data, images, batch_size, seed)
@@ -69,7 +72,7 @@ def exact_proxy(
     # Entries whose networks agree up to the last boundary q <= st (same chain, q, boundaries
     # and activations before q) share that prefix: it runs once per batch and group.
     groups: dict[tuple[Any, ...], list[ImportanceKey]] = {}
-    plans = {k: entry_plan(analysis, k, merges) for k in keys}
+    plans = {k: entry_plan(analysis, k, merges) if plan_of is None else plan_of(k) for k in keys}
     for key in keys:
         cplan = plans[key].chains[[c.index for c in analysis.chains].index(key[0])]
         q = max([p for p in cplan.merge_pos if p <= key[1]] + [0])

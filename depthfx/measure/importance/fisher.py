@@ -49,7 +49,7 @@ from depthfx.measure.importance.divergence import (
     is_classifier,
     output_tensors,
 )
-from depthfx.measure.importance.entries import MergeRule, entry_plan
+from depthfx.measure.importance.entries import MergeRule, PlanOf, entry_plan
 from depthfx.measure.importance.methods import ImportanceResult
 from depthfx.measure.importance.networks import build_network
 from depthfx.measure.importance.proxy_data import Batches, proxy_inputs
@@ -176,10 +176,12 @@ def fisher_proxy(
     progress: bool,
     cache: PathLike | None = None,
     identity: dict[str, Any] | None = None,
+    plan_of: PlanOf | None = None,
 ) -> ImportanceResult:
     """The second-order proxy of this module. With ``cache``, its running
     sums are saved after every batch and a later run with the same settings (``identity``:
-    model, entries, merge groups; and the data, seed, batch size, score) resumes from them."""
+    model, entries, merge groups; and the data, seed, batch size, score) resumes from them.
+    ``plan_of``: each key's network plan (default :func:`entry_plan`)."""
     analysis, batches, is_random = proxy_inputs(analysis, data, images, batch_size, seed)
     labelled = batches[0][1] is not None
     generator = torch.Generator().manual_seed(seed)
@@ -200,7 +202,7 @@ def fisher_proxy(
     if done < len(batches):
         fisher, exact = _fisher_batches(
             analysis, keys, merges, batches, done, generator, fisher, exact, checkpoint,
-            score=score, labelled=labelled, progress=progress,
+            score=score, labelled=labelled, progress=progress, plan_of=plan_of,
         )  # fmt: skip
     assert fisher is not None
     score = "kl" if fisher.classifier else "mse"
@@ -246,6 +248,7 @@ def _fisher_batches(
     score: str,
     labelled: bool,
     progress: bool,
+    plan_of: PlanOf | None = None,
 ) -> tuple[FisherScores, dict[ImportanceKey, DivergenceSums]]:
     """Find every entry's region, then run batches ``done``… and accumulate the sums."""
     from tqdm.auto import tqdm
@@ -254,7 +257,9 @@ def _fisher_batches(
     stable = {n.name for n in analysis.graph_module.graph.nodes}
     find_region = RegionFinder(base, stable)
     regions = {
-        key: find_region(build_network(analysis, entry_plan(analysis, key, merges)))
+        key: find_region(build_network(
+            analysis, entry_plan(analysis, key, merges) if plan_of is None else plan_of(key)
+        ))
         for key in tqdm(keys, desc="importance (regions)", unit="entry",
                         disable=None if progress else True)
     }  # fmt: skip
