@@ -8,7 +8,7 @@ with the method's default ``norm``/``alpha`` and a fingerprint of what was measu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +55,8 @@ def measure_importance(
     threads: int | None = None,
     progress: bool = True,
     latency: LatencyTable | None = None,
+    executor: str = "serial",
+    executor_options: Mapping[str, Any] | None = None,
 ) -> ImportanceTable:
     """Score every extended block of ``model`` with ``method``: a registered method's name
     (:mod:`depthfx.measure.importance` lists them) or a callable ``f(prepared_model) -> float``.
@@ -76,6 +78,10 @@ def measure_importance(
     instead of one group per activation-free segment (the paper's S = A). The paper's groups
     span whole stages in general-stride mode, and their moved padding enlarges every map in
     them: scoring the deployed groups is both more faithful and about 3× cheaper.
+
+    ``executor`` (per-entry methods: finetune, callable): ``"serial"`` (default, here),
+    ``"processes"`` or ``"ray"`` with its ``executor_options`` (:mod:`depthfx.executors`); each
+    entry keeps its own seed, so every executor gives the serial table at the same thread count.
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     inputs = tuple(inputs)
@@ -97,12 +103,17 @@ def measure_importance(
     model_id = model_hash(model)
     name, function = ("callable", method) if callable(method) else (method, None)
     chosen = importance_method(name)
+    if executor != "serial" and not chosen.per_entry:
+        raise DepthFXError(
+            f"method {name!r} measures all entries together; executor={executor!r} runs "
+            "per-entry methods only (finetune, callable)"
+        )
     request = ImportanceRequest(
         model=model, analysis=analysis, keys=keys, merges=merges, merge_id=merge_id,
         model_id=model_id, function=function, data=data, train_data=train_data,
         val_data=val_data, score=score, estimate=estimate, images=images, batch_size=batch_size,
         epochs=epochs, steps=steps, lr=lr, train_metrics=train_metrics, cache=cache, seed=seed,
-        progress=progress,
+        progress=progress, executor=executor, executor_options=executor_options,
     )  # fmt: skip
     old_threads = torch.get_num_threads()
     if threads is not None:
