@@ -86,13 +86,13 @@ def whole_node(resources: Mapping[str, float]) -> dict[str, Any]:
 
 
 def current_node() -> dict[str, Any]:
-    """Where this task runs: host name, IP and Ray node id (for a result's metadata)."""
+    """Where and since when this task runs: host name, IP, Ray node id, start time."""
     ray = _ray()
     return {
         "hostname": socket.gethostname(),
         "ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
-        "time": time.time(),
+        "started": time.time(),
     }
 
 

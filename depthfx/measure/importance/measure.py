@@ -8,6 +8,7 @@ with the method's default ``norm``/``alpha`` and a fingerprint of what was measu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -125,6 +126,8 @@ def measure_importance(
     norm, alpha = norm or chosen.norm, chosen.alpha if alpha is None else alpha
     scores, columns, metrics = result.scores, result.columns, result.metrics
     merge_fp = {} if merge_id is None else {"merges": merge_id}
+    if isinstance(result.meta.get("base"), dict):
+        result.meta["base"] = {k: _null_nan(v) for k, v in result.meta["base"].items()}
     meta = {
         **result.meta,
         "fingerprint": {**result.meta.get("fingerprint", {}), "model": model_id, **merge_fp},
@@ -133,7 +136,7 @@ def measure_importance(
         "exclude_zeros": exclude_zeros,
         "shard": list(shard) if shard else None,
         "columns": list(columns),
-        "metrics": [[*k, *metrics[k]] for k in keys],
+        "metrics": [[*k, *map(_null_nan, metrics[k])] for k in keys],
     }
     return ImportanceTable(
         {k: scores[k] for k in keys},
@@ -143,6 +146,11 @@ def measure_importance(
         default_acts=default_acts,
         meta=meta,
     )
+
+
+def _null_nan(value: Any) -> Any:
+    """Metrics that were not measured (NaN) are null: a table's JSON holds finite numbers."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 __all__ = ["Method", "measure_importance"]
