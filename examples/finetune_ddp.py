@@ -11,8 +11,9 @@
 
 Rank 0 trains a small CNN on scikit-learn's digits (8×8) and plans; the trained weights and the
 plan go to every rank (timing differs between processes, so only one may plan: every rank must
-prepare the same network). Rank 0 prints top-1 before and after fine-tuning. Run it again with
-the same ``--checkpoint`` after an interruption and every rank resumes from rank 0's checkpoint.
+prepare the same network); it saves both beside the checkpoint. Rank 0 prints top-1 before and
+after fine-tuning. Run it again with the same ``--checkpoint`` after an interruption: the same
+original and plan are read back and every rank resumes from rank 0's checkpoint.
 """
 
 from __future__ import annotations
@@ -86,12 +87,17 @@ def main() -> None:
     torch.manual_seed(0)
     model = small_cnn()
     message: list[object] = [None, None]
-    if rank == 0:
+    start = args.checkpoint.with_suffix(".start.pt")  # the original and the plan, for resuming
+    if rank == 0 and start.exists():
+        message = torch.load(start, weights_only=True)
+        print(f"resuming: the original and its plan from {start}")
+    elif rank == 0:
         t0 = time.perf_counter()
         train(model, train_data, args.epochs)
         plan = depthfx.plan(model, (x,), budget=args.budget, data=test_data[0][:256],
                             latency_options={"threads": 1})  # fmt: skip
         message = [model.state_dict(), plan.to_json()]
+        torch.save(message, start)
         print(f"rank 0 trained and planned in {time.perf_counter() - t0:.0f} s: top-1 "
               f"{evaluate(model, test_data)[1]:.2f}%, predicted {plan.predicted_ms:.3f} ms "
               f"for a budget of {plan.budget_ms:.3f} ms")  # fmt: skip

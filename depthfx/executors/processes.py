@@ -148,9 +148,11 @@ class ProcessesExecutor(Executor):
                         on_result(key, fut.result())
                         del jobs.todo[key]
                 if broken:
-                    return
-        finally:
+                    break
+        except BaseException:  # an interrupted driver does not wait for running jobs
             pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()  # idle or dead workers: joined, so none outlives the run
 
 
 def _gpu_ids() -> list[str]:

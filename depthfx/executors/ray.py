@@ -28,6 +28,9 @@ from typing import Any
 from depthfx.errors import DepthFXError
 from depthfx.executors.base import Executor, Job, JobsFailed, OnResult, register_executor
 
+#: Ray's setting of its workers' niceness (read by a cluster when it starts).
+NICENESS = "RAY_worker_niceness"
+
 
 def connect(
     address: str | None = None,
@@ -39,7 +42,8 @@ def connect(
     """Connect this process to Ray: to the cluster at ``address`` (``"auto"``: the one this
     machine belongs to), else, when Ray is not running here yet, to a new local cluster with
     ``num_cpus`` CPUs (default: every core) and ``resources``, no dashboard, whose workers see
-    the driver's ``sys.path``. Returns True when it connected (then ``ray.shutdown()`` is the
+    the driver's ``sys.path`` and run at its priority (``RAY_worker_niceness``, default 0 here
+    instead of Ray's 15). Returns True when it connected (then ``ray.shutdown()`` is the
     caller's), False when this process was connected already."""
     ray = _ray()
     if ray.is_initialized():
@@ -48,12 +52,20 @@ def connect(
     if address is None:
         path = os.pathsep.join(p for p in sys.path if p)
         env["env_vars"] = {"PYTHONPATH": path, **env.get("env_vars", {})}
-        ray.init(
-            num_cpus=num_cpus,
-            resources=dict(resources or {}),
-            include_dashboard=False,
-            runtime_env=env,
-        )
+        # Ray runs workers at niceness 15 by default: on a machine doing anything else they
+        # would get a fraction of the CPU the serial and processes executors get.
+        preset = NICENESS in os.environ
+        os.environ.setdefault(NICENESS, "0")
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                resources=dict(resources or {}),
+                include_dashboard=False,
+                runtime_env=env,
+            )
+        finally:
+            if not preset:
+                del os.environ[NICENESS]
     else:
         ray.init(address=address, runtime_env=env or None)
     return True
