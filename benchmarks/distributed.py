@@ -9,8 +9,8 @@ on scikit-learn's digits; every entry fine-tunes it for ``--epochs`` on 1400 dig
 it on the other 397. Each executor runs in a driver process of its own (this script with
 ``--run EXECUTOR``), so each peak RSS (``ru_maxrss``) is that driver's alone, and the times
 include starting the workers (a local Ray cluster for ``ray``); CPU is the user + system time
-of the driver and of the processes it reaped (its workers; for Ray the cluster's processes,
-as far as they were reaped): what the run cost whatever else ran on the machine. Every entry
+of the driver and of its workers (not for Ray, whose workers are not the driver's children):
+what the run cost whatever else ran on the machine. Every entry
 runs on one torch thread, the serial run too, so the tables must be equal bit for bit: checked.
 The load average is printed before and after each run (the machine may be shared).
 """
@@ -100,7 +100,7 @@ def run_one(executor: str, args: argparse.Namespace) -> dict[str, object]:
         "executor": executor,
         "entries": len(table.scores),
         "wall_s": wall,
-        "cpu_s": cpu,
+        "cpu_s": None if executor == "ray" else cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "digest": hashlib.sha256(scores.encode()).hexdigest()[:16],
         "load_before": load,
@@ -138,7 +138,8 @@ def main() -> None:
                                  text=True, check=True)  # fmt: skip
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results[-1]
-            print(f"{executor:>10}: {r['wall_s']:7.1f} s  CPU {r['cpu_s']:6.1f} s  driver peak RSS "
+            cpu = "   n/a" if r["cpu_s"] is None else f"{r['cpu_s']:6.1f}"
+            print(f"{executor:>10}: {r['wall_s']:7.1f} s  CPU {cpu} s  driver peak RSS "
                   f"{r['peak_rss_mb']:6.0f} MB  load {r['load_before']:.1f} -> "
                   f"{r['load_after']:.1f}", flush=True)  # fmt: skip
     base = next((r for r in results if r["executor"] == "serial"), None)
