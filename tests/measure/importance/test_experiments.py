@@ -16,6 +16,7 @@ from executor_helpers import CountCalls, DieOnce, FailOn, relus
 from importance_helpers import X1, digits, trained_tiny
 
 import depthfx.measure.importance.experiments as experiments
+from depthfx.errors import DepthFXError
 from depthfx.executors import JobsFailed
 from depthfx.measure.importance import entries_of, entry_plan, measure_importance
 from depthfx.passes.analyze import analyze
@@ -141,3 +142,26 @@ def test_failing_entry_is_named_and_the_others_are_cached(executor: str, tmp_pat
     assert list(info.value.failures) == [bad]
     files = {p.name for p in _entry_files(tmp_path)}
     assert files == {f"entry-{'-'.join(map(str, k))}.json" for k in keys if k != bad}
+
+
+def test_ray_puts_the_model_and_the_data_once(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    real, put = ray.put, []
+
+    def spy(value, **kwargs):
+        put.append(type(value).__name__)
+        return real(value, **kwargs)
+
+    monkeypatch.setattr(ray, "put", spy)
+    table = _score(relus, "ray", tmp_path)
+    assert put == ["EntryShared"]  # one object for every task: model, experiment, data, base
+    assert table.scores == _serial_relus().scores
+
+
+def test_the_proxy_refuses_an_executor() -> None:
+    model, analysis = _tiny()
+    with pytest.raises(DepthFXError, match="per-entry methods only"):
+        measure_importance(model, X1, analysis=analysis, executor="processes", progress=False)
