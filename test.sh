@@ -5,7 +5,7 @@
 # Fails when a check fails, and when pytest collected no test (exit status 5).
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/ensure_env.sh cpu,dev
+scripts/ensure_env.sh cpu,dev,ray
 export PATH="$PWD/.venv/bin:$PATH"
 python - <<'PY'
 import onnxruntime, torch, torchvision, timm

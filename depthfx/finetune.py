@@ -5,13 +5,15 @@ iteration (lr_t = lr·(1 + cos(π t / t_max))/2, t = 0 … t_max−1), cross-ent
 knowledge distillation from the original network: loss = α·CE(softmax(teacher), student) +
 (1 − α)·CE(label) at temperature 1 (α = 0.3 in the paper's ``--distill 0.3``). BN layers train.
 A checkpoint (model, optimiser, step), written atomically, lets an interrupted run resume.
+Started by ``torchrun --nproc-per-node N`` (or in an initialised torch.distributed group) it
+trains data-parallel on the same global batches (:mod:`depthfx.data_parallel`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,8 @@ from depthfx.errors import DepthFXError
 if TYPE_CHECKING:  # torch is imported inside the functions: ``import depthfx`` stays cheap
     import torch
     from torch import nn
+
+    from depthfx.data_parallel import Group
 
 PathLike = str | os.PathLike[str]
 
@@ -47,12 +51,17 @@ def as_loader(
 
 
 def _batches(
-    data: Any, batch_size: int, seed: int, start_step: int, total: int
+    data: Any, batch_size: int, seed: int, start_step: int, total: int, group: Group | None
 ) -> Iterator[tuple[int, Any]]:
-    """(step, batch) for steps start_step … total−1, cycling over epochs."""
+    """(step, batch) for steps start_step … total−1, cycling over epochs; in a data-parallel
+    group, this rank's share of each batch."""
     step, epoch = 0, 0
     while step < total:
-        loader = as_loader(data, batch_size, shuffle=True, seed=seed, epoch=epoch)
+        loader = (
+            as_loader(data, batch_size, shuffle=True, seed=seed, epoch=epoch)
+            if group is None
+            else _shard(data, batch_size, seed, epoch, group)
+        )
         seen = False
         for batch in loader:
             seen = True
@@ -64,6 +73,27 @@ def _batches(
         if not seen:
             raise DepthFXError("the training data yielded no batch")
         epoch += 1
+
+
+def _shard(data: Any, batch_size: int, seed: int, epoch: int, group: Group) -> Iterable[Any]:
+    """One rank's loader of an epoch, taken from the order a single process uses: the order
+    of ``as_loader`` over the sample indices (same generator, same DataLoader)."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from depthfx.data_parallel import shard_loader
+
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        data = torch.utils.data.TensorDataset(data[0], torch.as_tensor(data[1]))
+    if not (isinstance(data, Dataset) and hasattr(data, "__len__")):
+        raise DepthFXError(
+            "data-parallel fine-tuning splits a Dataset or an (inputs, labels) pair of tensors "
+            f"across the processes, not a {type(data).__name__}"
+        )
+    n = len(data)
+    index = (torch.arange(n), torch.zeros(n))
+    order = next(iter(as_loader(index, max(n, 1), shuffle=True, seed=seed, epoch=epoch)))[0]
+    return shard_loader(data, batch_size, order.tolist(), group)
 
 
 def steps_per_epoch(data: Any, batch_size: int) -> int:
@@ -114,6 +144,7 @@ def finetune(
     checkpoint_every: int = 200,
     progress: bool = True,
     channels_last: bool | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Fine-tune ``prepared`` in place with the paper's recipe; returns it in eval mode.
 
@@ -127,13 +158,22 @@ def finetune(
     ``distill_from`` (the original model) the loss mixes in the teacher's soft labels with
     weight ``alpha_kd``. ``checkpoint``: a file written every ``checkpoint_every`` steps and at
     the end; if it exists, training resumes from it (and does nothing when it is complete).
+    ``on_step(step, loss)`` is called after every step (the loss averaged over the ranks).
+
+    Under ``torchrun --nproc-per-node N`` (or in an initialised torch.distributed group) it
+    trains data-parallel (:mod:`depthfx.data_parallel`): DDP, ``batch_size`` the global batch
+    split across the ranks, gloo on CPU and nccl on CUDA, progress on rank 0, checkpoints
+    written by rank 0 and resumed by every rank, the teacher on every rank.
     """
     import torch
     import torch.nn.functional as F
     from torch import nn
     from tqdm.auto import tqdm
 
-    device = _device_of(prepared)
+    from depthfx import data_parallel
+
+    group = data_parallel.join(_device_of(prepared))
+    device = group.device if group is not None else _device_of(prepared)
     if channels_last is None:
         channels_last = any(isinstance(m, nn.Conv2d) for m in prepared.modules())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -143,6 +183,7 @@ def finetune(
         total = math.ceil(epochs * steps_per_epoch(train_data, batch_size))
     if total < 1:
         raise DepthFXError(f"nothing to train: {total} steps")
+    net = prepared if group is None else data_parallel.wrap(prepared, group)
     params = [p for p in prepared.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
@@ -157,39 +198,48 @@ def finetune(
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     if distill_from is not None:
+        if group is not None:
+            distill_from.to(device)  # the teacher runs on every rank, on its share
         distill_from.eval()
     prepared.train()
+    leader = group is None or group.leader
     desc = "finetune (channels_last)" if channels_last else "finetune"
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", leave=False,
-               disable=None if progress else True)  # fmt: skip
+               disable=None if progress and leader else True)  # fmt: skip
     with bar:
-        for step, batch in _batches(train_data, batch_size, seed, start, total):
+        for step, batch in _batches(train_data, batch_size, seed, start, total, group):
             x, y = _split_batch(batch, device)
             if x.dim() == 4:
                 x = x.contiguous(memory_format=memory_format)
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(lr, step, total)
-            out = prepared(x)
+            for param_group in opt.param_groups:
+                param_group["lr"] = cosine_lr(lr, step, total)
+            out = net(x)
             loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
             if distill_from is not None:
                 with torch.no_grad():
                     soft = F.softmax(distill_from(x), dim=1)
                 kd = -(soft * F.log_softmax(out, dim=1)).sum(1).mean()
                 loss = alpha_kd * kd + (1 - alpha_kd) * loss
-            if not torch.isfinite(loss.detach()):
-                raise DepthFXError(
-                    f"fine-tuning diverged at step {step}: loss {float(loss.detach())}"
-                )
+            shown = loss.detach() if group is None else data_parallel.mean(loss)
+            if not torch.isfinite(shown):
+                raise DepthFXError(f"fine-tuning diverged at step {step}: loss {float(shown)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{float(shown):.4f}")
             done = step + 1
             if ckpt is not None and (done % checkpoint_every == 0 or done == total):
-                _save(ckpt, prepared, opt, done, total)
+                if leader:
+                    _save(ckpt, prepared, opt, done, total)
+                if group is not None:
+                    data_parallel.barrier()
+            if on_step is not None:
+                on_step(step, float(shown))
+    if group is not None:
+        data_parallel.broadcast_buffers(prepared)
     prepared.to(memory_format=torch.contiguous_format)
     prepared.depthfx_finetune = {
         "memory_format": "channels_last" if channels_last else "contiguous"

@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Score every extended block (chain, st, end, st_act, end_act) of MODEL. proxy: "
             "output divergence of each block's merged network on sample inputs (--data; minutes, "
             "no training). finetune: the paper's 1-epoch fine-tuning per entry (cached, "
-            "resumable, shardable). Data specs: digits, fashion-mnist[:N], fashion-mnist-test, "
-            "an image folder, a .pt/.npz file."
+            "resumable, shardable, parallel with --executor). Data specs: digits, "
+            "fashion-mnist[:N], fashion-mnist-test, an image folder, a .pt/.npz file."
         ),
     )
     add_model_arguments(p)
@@ -65,6 +65,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--executor",
+        choices=("serial", "processes", "ray"),
+        default="serial",
+        help="finetune: where the entries run: here (serial), in --workers processes, or as "
+        "Ray tasks (--address of a cluster, else a local one); results are cached by this "
+        "process as they arrive (--cache)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes: worker count; ray: local CPUs"
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: the cluster's address ('auto': this machine's)"
+    )
+    p.add_argument(
+        "--cpus-per-entry", type=int, default=None, help="CPUs (= torch threads) per entry"
+    )
+    p.add_argument(
+        "--gpus-per-entry",
+        type=float,
+        default=None,
+        help="ray: GPUs per entry; processes: 1 = one worker per GPU",
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=None, help="retries of an entry whose worker died"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="table file: .json or .csv")
     p.add_argument("--ext-csv", type=Path, default=None, help="also write the I_ext table (CSV)")
     p.set_defaults(func=run)
@@ -89,6 +115,33 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise DepthFXError(f"bad --shard {text!r}: expected K/N such as 0/4") from None
     return k, n
+
+
+#: Per executor: the flags it takes → its option names.
+EXECUTOR_FLAGS: dict[str, dict[str, str]] = {
+    "serial": {},
+    "processes": {"workers": "workers", "cpus_per_entry": "threads", "gpus_per_entry": "gpus",
+                  "max_retries": "max_retries"},
+    "ray": {"workers": "local_cpus", "address": "address", "cpus_per_entry": "num_cpus",
+            "gpus_per_entry": "num_gpus", "max_retries": "max_retries"},
+}  # fmt: skip
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ``executor_options`` of ``--executor`` from the flags given."""
+    names = EXECUTOR_FLAGS[args.executor]
+    flags = ("workers", "address", "cpus_per_entry", "gpus_per_entry", "max_retries")
+    given = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
+    wrong = [f for f in given if f not in names]
+    if wrong:
+        listed = ", ".join("--" + f.replace("_", "-") for f in wrong)
+        raise DepthFXError(f"{listed}: not an option of --executor {args.executor}")
+    options = {names[f]: v for f, v in given.items()}
+    if "gpus" in options:
+        if options["gpus"] != 1:
+            raise DepthFXError("--executor processes runs one worker per GPU: --gpus-per-entry 1")
+        options["gpus"] = True
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         latency=None if args.latency is None else LatencyTable.read_json(args.latency),
         threads=args.threads,
+        executor=args.executor,
+        executor_options=executor_options(args),
     )
     table.meta["model_spec"] = args.model
     table.meta["data"] = {"data": args.data, "train_data": args.train_data}

@@ -209,6 +209,8 @@ def measure_latency_table(
     force: bool = False,
     expect: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    executor: str = "serial",
+    executor_options: Mapping[str, Any] | None = None,
 ) -> LatencyTable:
     """Time every valid block of every chain of ``model`` on ``backend``; see the module doc.
 
@@ -220,7 +222,18 @@ def measure_latency_table(
     overwritten). With
     ``end_to_end``, ``calibrate`` fits the in-context calibration on ``calibration_plans``
     real plans (module doc); ``calibrate=False`` keeps the raw additive model.
+    ``executor="ray"`` with ``executor_options={"resources": {"<node label>": 1}}`` runs all of
+    it as one Ray task on that node (:mod:`depthfx.measure.remote_latency`).
     """
+    if executor != "serial":
+        options = dict(locals())  # exactly the arguments here: the task gets them as given
+        for name in ("model", "example_inputs", "executor", "executor_options"):
+            del options[name]
+        from depthfx.measure.remote_latency import measure_remotely
+
+        return measure_remotely(
+            measure_latency_table, model, example_inputs, options, executor, executor_options
+        )
     t_start = time.perf_counter()
     protocol = protocol or TimingProtocol()
     if jobs < 1:

@@ -27,9 +27,9 @@ def write_raw_csv(table: ImportanceTable, path: PathLike) -> None:
     atomic_write(path, csv_text(header, body))
 
 
-def _blank(value: float) -> float | str:
-    """Metrics that were not measured (NaN) are written as empty fields."""
-    return "" if isinstance(value, float) and math.isnan(value) else value
+def _blank(value: float | None) -> float | str:
+    """Metrics that were not measured (None, or NaN) are written as empty fields."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 __all__ = ["write_raw_csv"]

@@ -10,6 +10,8 @@ and sharded by :func:`~depthfx.measure.importance.experiments.run_experiments`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from depthfx.solver import ImportanceKey
 PAPER_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
-@register_importance_method("finetune", norm="single", alpha=1.6)
+@register_importance_method("finetune", norm="single", alpha=1.6, per_entry=True)
 def finetune_importance(request: ImportanceRequest) -> ImportanceResult:
     """Fine-tune every entry's network on ``train_data``, score it on ``val_data`` (default
     ``data``). The defaults ``single``/1.6 are the paper's MBV2-1.0 setting (spec §7.17)."""
@@ -44,11 +46,11 @@ def finetune_importance(request: ImportanceRequest) -> ImportanceResult:
     experiment = finetune_experiment(
         r.train_data, val_data, epochs=r.epochs, steps=r.steps, lr=r.lr,
         batch_size=r.batch_size or 256, train_metrics=r.train_metrics, seed=r.seed,
-        progress=r.progress,
+        progress=r.progress and r.executor == "serial",  # no per-entry bars from workers
     )  # fmt: skip
     return run_experiments(
         r.model, r.analysis, r.keys, experiment, r.merges, r.merge_id, cache=r.cache,
-        progress=r.progress,
+        progress=r.progress, executor=r.executor, executor_options=r.executor_options,
     )  # fmt: skip
 
 
@@ -83,27 +85,16 @@ def finetune_experiment(
     seed: int,
     progress: bool,
 ) -> Experiment:
-    def scores(net: nn.Module) -> dict[str, float]:
-        val_loss, val_acc = evaluate(net, val_data, batch_size)
-        train_loss, train_acc = (
-            evaluate(net, train_data, batch_size) if train_metrics else (float("nan"),) * 2
-        )
-        return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                "val_acc": val_acc}  # fmt: skip
-
-    def run(
-        net: fx.GraphModule, chain: Chain, key: ImportanceKey, base: dict[str, Any]
-    ) -> list[float]:
-        _, st, end, _, _ = key
-        if end == st + 1:
-            reinit_conv(net, chain, end)
-        finetune(
-            net, train_data, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
-            seed=seed, progress=progress,
-        )  # fmt: skip
-        after = scores(net)
-        return [after[c] - base[c] for c in PAPER_COLUMNS]
-
+    """The experiment of the method; built from module-level functions bound with
+    ``functools.partial`` so that it pickles (executor ``processes`` sends it to workers)."""
+    scores = partial(
+        _scores, train_data=train_data, val_data=val_data, batch_size=batch_size,
+        train_metrics=train_metrics,
+    )  # fmt: skip
+    run = partial(
+        _run, train_data=train_data, scores=scores, epochs=epochs, steps=steps, lr=lr,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )  # fmt: skip
     settings = {
         "method": "finetune",
         "epochs": epochs,
@@ -115,6 +106,43 @@ def finetune_experiment(
         "optimizer": "sgd nesterov momentum 0.9 wd 1e-5, cosine per iteration",
     }
     return Experiment("finetune", PAPER_COLUMNS, "val_acc", scores, run, settings)
+
+
+def _scores(
+    net: nn.Module, *, train_data: Any, val_data: Any, batch_size: int, train_metrics: bool
+) -> dict[str, float]:
+    val_loss, val_acc = evaluate(net, val_data, batch_size)
+    train_loss, train_acc = (
+        evaluate(net, train_data, batch_size) if train_metrics else (float("nan"),) * 2
+    )
+    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc}  # fmt: skip
+
+
+def _run(
+    net: fx.GraphModule,
+    chain: Chain,
+    key: ImportanceKey,
+    base: dict[str, Any],
+    *,
+    train_data: Any,
+    scores: Callable[[nn.Module], dict[str, float]],
+    epochs: float,
+    steps: int | None,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> list[float]:
+    _, st, end, _, _ = key
+    if end == st + 1:
+        reinit_conv(net, chain, end)
+    finetune(
+        net, train_data, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    after = scores(net)
+    return [after[c] - base[c] for c in PAPER_COLUMNS]
 
 
 __all__ = ["PAPER_COLUMNS", "finetune_experiment", "finetune_importance", "reinit_conv"]

@@ -8,7 +8,8 @@ with the method's default ``norm``/``alpha`` and a fingerprint of what was measu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -56,6 +57,8 @@ def measure_importance(
     threads: int | None = None,
     progress: bool = True,
     latency: LatencyTable | None = None,
+    executor: str = "serial",
+    executor_options: Mapping[str, Any] | None = None,
 ) -> ImportanceTable:
     """Score every extended block of ``model`` with ``method``: a registered method's name
     (:mod:`depthfx.measure.importance` lists them) or a callable ``f(prepared_model) -> float``.
@@ -80,6 +83,10 @@ def measure_importance(
     instead of one group per activation-free segment (the paper's S = A). The paper's groups
     span whole stages in general-stride mode, and their moved padding enlarges every map in
     them: scoring the deployed groups is both more faithful and about 3× cheaper.
+
+    ``executor`` (per-entry methods: finetune, callable): ``"serial"`` (default, here),
+    ``"processes"`` or ``"ray"`` with its ``executor_options`` (:mod:`depthfx.executors`); each
+    entry keeps its own seed, so every executor gives the serial table at the same thread count.
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     inputs = tuple(inputs)
@@ -101,13 +108,18 @@ def measure_importance(
     model_id = model_hash(model)
     name, function = ("callable", method) if callable(method) else (method, None)
     chosen = importance_method(name)
+    if executor != "serial" and not chosen.per_entry:
+        raise DepthFXError(
+            f"method {name!r} measures all entries together; executor={executor!r} runs "
+            "per-entry methods only (finetune, callable)"
+        )
     request = ImportanceRequest(
         model=model, analysis=analysis, keys=keys, merges=merges, merge_id=merge_id,
         model_id=model_id, function=function, data=data, train_data=train_data,
         val_data=val_data, score=score, estimate=estimate, bn_recalibration=bn_recalibration,
         images=images, batch_size=batch_size,
         epochs=epochs, steps=steps, lr=lr, train_metrics=train_metrics, cache=cache, seed=seed,
-        progress=progress,
+        progress=progress, executor=executor, executor_options=executor_options,
     )  # fmt: skip
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -119,6 +131,8 @@ def measure_importance(
     norm, alpha = norm or chosen.norm, chosen.alpha if alpha is None else alpha
     scores, columns, metrics = result.scores, result.columns, result.metrics
     merge_fp = {} if merge_id is None else {"merges": merge_id}
+    if isinstance(result.meta.get("base"), dict):
+        result.meta["base"] = {k: _null_nan(v) for k, v in result.meta["base"].items()}
     meta = {
         **result.meta,
         "fingerprint": {**result.meta.get("fingerprint", {}), "model": model_id, **merge_fp},
@@ -127,7 +141,7 @@ def measure_importance(
         "exclude_zeros": exclude_zeros,
         "shard": list(shard) if shard else None,
         "columns": list(columns),
-        "metrics": [[*k, *metrics[k]] for k in keys],
+        "metrics": [[*k, *map(_null_nan, metrics[k])] for k in keys],
     }
     return ImportanceTable(
         {k: scores[k] for k in keys},
@@ -137,6 +151,11 @@ def measure_importance(
         default_acts=default_acts,
         meta=meta,
     )
+
+
+def _null_nan(value: Any) -> Any:
+    """Metrics that were not measured (NaN) are null: a table's JSON holds finite numbers."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 __all__ = ["Method", "measure_importance"]

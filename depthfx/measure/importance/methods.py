@@ -11,7 +11,7 @@ what registers it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,8 @@ class ImportanceRequest:
     of the entry networks (None: the paper's S = A) and ``merge_id`` its name; ``model_id``:
     :func:`~depthfx.measure.importance.digests.model_hash` of ``model``; ``function``: the
     user's score of the ``callable`` method; ``bn_recalibration``: the proxy's BN re-estimation
-    (None: the method's default)."""
+    (None: the method's default); ``executor``/``executor_options``: where a per-entry method
+    runs its entries (:mod:`depthfx.executors`)."""
 
     model: nn.Module
     analysis: Analysis
@@ -55,6 +56,8 @@ class ImportanceRequest:
     cache: PathLike | None
     seed: int
     progress: bool
+    executor: str = "serial"
+    executor_options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,14 @@ MethodRun = Callable[[ImportanceRequest], ImportanceResult]
 
 @dataclass(frozen=True)
 class ImportanceMethod:
-    """A registered method: ``run`` and the table's default ``norm`` and ``alpha`` for it."""
+    """A registered method: ``run``, the table's default ``norm`` and ``alpha`` for it, and
+    ``per_entry``: it runs one independent job per entry, so any executor may run them."""
 
     name: str
     run: MethodRun
     norm: Norm
     alpha: float
+    per_entry: bool = False
 
 
 #: The registered methods by name.
@@ -88,7 +93,7 @@ IMPORTANCE_METHODS: dict[str, ImportanceMethod] = {}
 
 
 def register_importance_method(
-    name: str, *, norm: Norm = "none", alpha: float = 1.0
+    name: str, *, norm: Norm = "none", alpha: float = 1.0, per_entry: bool = False
 ) -> Callable[[MethodRun], MethodRun]:
     """Decorator: register ``run`` as the importance method ``name`` (a name is registered
     once: a second registration is an error, not a silent replacement)."""
@@ -96,7 +101,7 @@ def register_importance_method(
     def register(run: MethodRun) -> MethodRun:
         if name in IMPORTANCE_METHODS:
             raise DepthFXError(f"importance method {name!r} is already registered")
-        IMPORTANCE_METHODS[name] = ImportanceMethod(name, run, norm, alpha)
+        IMPORTANCE_METHODS[name] = ImportanceMethod(name, run, norm, alpha, per_entry)
         return run
 
     return register
