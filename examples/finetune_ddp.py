@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from depthfx.passes.merge import count_convs
 from torch import nn
 
 import depthfx
 from depthfx.finetune import as_loader, evaluate
+from depthfx.passes.convert import count_convs
 
 
 def small_cnn() -> nn.Sequential:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from depthfx.passes.merge import convert
 from torch import nn
 
 import depthfx
 from depthfx.passes.analyze import analyze
+from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import Plan
 from depthfx.testing import merge_everything_plan

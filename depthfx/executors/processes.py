@@ -128,8 +128,16 @@ class ProcessesExecutor(Executor):
         try:
             while queue or pending:
                 while queue and len(pending) < workers:
-                    key = queue.popleft()
-                    pending[pool.submit(_call, job, jobs.todo[key])] = key
+                    try:
+                        fut = pool.submit(_call, job, jobs.todo[queue[0]])
+                    except BrokenProcessPool:  # a worker died: its jobs report it below
+                        if not pending:
+                            raise DepthFXError(
+                                "executor 'processes': its worker processes die before running "
+                                "any job (see their output above)"
+                            ) from None
+                        break
+                    pending[fut] = queue.popleft()
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
                 if broken:
