@@ -61,7 +61,7 @@ def _random_map(rng: random.Random) -> AffineConv:
 def test_cropped_conv_equals_uncropped_on_inputs_of_that_size() -> None:
     rng = random.Random(1)
     cropped_some = 0
-    for _ in range(120):
+    for _ in range(100):
         conv = _random_map(rng)
         size = (rng.randint(8, rng.choice([16, 64])), rng.randint(8, rng.choice([16, 64])))
         if min(conv.output_size(*size)) < 1:
@@ -74,10 +74,10 @@ def test_cropped_conv_equals_uncropped_on_inputs_of_that_size() -> None:
             small.kernel_size,
             small.padding,
         )
-        x = torch.randn(2, conv.in_channels, *size, dtype=torch.float64)
+        x = torch.randn(1, conv.in_channels, *size, dtype=torch.float64)
         torch.testing.assert_close(small(x), conv(x), rtol=1e-12, atol=1e-12)
         cropped_some += small is not conv
-    assert cropped_some >= 15  # the random cases do exercise the crop
+    assert cropped_some >= 12  # the random cases do exercise the crop
 
 
 def test_large_merged_kernel_on_a_tiny_map_keeps_its_centre() -> None:
