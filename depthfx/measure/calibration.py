@@ -172,7 +172,7 @@ def run_calibration(
             a, b = hits[0][0], hits[1][0]
         else:
             try:
-                a, b = _measure_plan(
+                a, b = measure_plan_in_context(
                     model, inputs, plan, backend, original, protocol, table_fp, force
                 )
             except DepthFXError as err:  # e.g. a merged kernel over max_kernel_bytes
@@ -241,7 +241,7 @@ def run_calibration(
     }
 
 
-def _measure_plan(
+def measure_plan_in_context(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     plan: Plan,

@@ -81,7 +81,7 @@ def load_table(path: str | Path) -> LatencyTable:
     return LatencyTable.read_json(path)
 
 
-def _time(
+def time_entry(
     runnable: Callable[[], object], protocol: TimingProtocol, reject_ms: float | None = None
 ) -> tuple[Timing, bool]:
     """Time one runnable; re-measure while noisy, keeping the steadiest measurement.
@@ -288,7 +288,7 @@ def measure_latency_table(
     peak = 0.0  # best MACs per ms seen on this setting
     if bound or oversized:
         probe_key = probe_spec.key()
-        timing = lookup(probe_key) or _time(probe, protocol)[0]
+        timing = lookup(probe_key) or time_entry(probe, protocol)[0]
         record(probe_key, timing)
         peak = probe_spec.macs() / timing.median_ms
     del probe
@@ -326,7 +326,7 @@ def measure_latency_table(
             for key, runnable in _built(todo, work.by_key, build, pool, jobs):
                 singles = _singles(key, work, timings) if bound else None
                 reject = None if singles is None else bound_safety * singles
-                timing, rough = _time(runnable, protocol, reject)
+                timing, rough = time_entry(runnable, protocol, reject)
                 del runnable
                 record(key, timing, rough)
                 peak = max(peak, work.by_key[key].macs() / timing.median_ms)

@@ -224,8 +224,8 @@ def _cost_bounds(chains: Sequence[ChainCosts], source: str) -> tuple[float, floa
     return start[1], start[2]
 
 
-def _min_budget(units: float, prec: float) -> float:
-    """Smallest float T0 with int(T0·prec) ≥ units."""
+def min_budget(units: float, prec: float) -> float:
+    """Smallest float T0 with int(T0·prec) ≥ units: the budget an infeasible solve reports."""
     x = units / prec
     while int(x * prec) < units:
         x = math.nextafter(x, math.inf)
@@ -326,7 +326,7 @@ def solve(
         final = [float(s[0][T]) if s is not None else -math.inf for s in states[-1][-1]]
     if final == [-math.inf, -math.inf]:
         assert units < need, "DP2 found no state although a configuration fits"
-        raise InfeasibleBudget(budget, _min_budget(need, prec), opt.unit)
+        raise InfeasibleBudget(budget, min_budget(need, prec), opt.unit)
     a = int(np.argmax(final))
     solution = _backtrack(chains, states, start_flags, T, a, final[a], budget, prec, units)
     return solution if raw is None else check_merge_pattern(solution, raw, warn=warn)

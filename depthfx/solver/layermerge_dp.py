@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from depthfx.errors import InfeasibleBudget, TableError
-from depthfx.solver.budget_dp import round7
+from depthfx.solver.budget_dp import min_budget, round7
 from depthfx.solver.layermerge_tables import LayerMergeTable, Variant
 
 #: The original's default discretisation: 10 units per ms.
@@ -146,16 +146,6 @@ def _cost_bounds(cands: list[list[_Cand]], source: str) -> tuple[float, float]:
     return state[length][1], state[length][2]
 
 
-def _min_budget(units: float, prec: float) -> float:
-    """Smallest float T0 with int(T0·prec) ≥ units."""
-    x = units / prec
-    while int(x * prec) < units:
-        x = math.nextafter(x, math.inf)
-    while int(math.nextafter(x, -math.inf) * prec) >= units:
-        x = math.nextafter(x, -math.inf)
-    return x
-
-
 def _forward(
     cands: list[list[_Cand]], T: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -216,7 +206,7 @@ def solve_layermerge(
     units = int(budget * prec)
     T = min(units, int(most) + 1)
     if T < 1 or units < need:
-        raise InfeasibleBudget(budget, _min_budget(need, prec), table.unit)
+        raise InfeasibleBudget(budget, min_budget(need, prec), table.unit)
     vals, costs, ptrs = _forward(cands, T)
     value = float(vals[L][T])
     assert value > -math.inf, "no state D(T, L) although a tiling fits"

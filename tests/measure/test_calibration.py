@@ -1,7 +1,7 @@
 """In-context calibration of a latency table: the fit, its use by predictions and the DP, its
 persistence, the opt-out and the degenerate cases.
 
-Plan timings are injected (``calibration._measure_plan``) from a known line
+Plan timings are injected (``calibration.measure_plan_in_context``) from a known line
 ``measured = FIXED + SCALE · Σ T`` over the table's own entries, so the expected fit is known
 by construction; the block entries themselves are real (ONNX Runtime, fast protocol) and come
 from a cache shared by every table of a test, so all of them hold the same entries.
@@ -80,7 +80,7 @@ def _fake_runs(
     line: Callable[[float], float],
     drift: Callable[[int], list[float]] = lambda run: [1.0] * 5,
 ) -> tuple[Callable[..., tuple[Timing, Timing]], list[Plan]]:
-    """A stand-in for ``_measure_plan``: the original and the plan at ``line(Σ T)``, both
+    """A stand-in for ``measure_plan_in_context``: the original and the plan at ``line(Σ T)``, both
     multiplied per round by the run's ``drift`` (a CPU changing speed, which hits A and B of
     a round alike)."""
     x0 = chain_ms(raw, Plan(chains=()))
@@ -105,7 +105,7 @@ def _calibrated(
 ) -> LatencyTable:
     """A table built from the cached block entries, with ``fake`` plan timings. Each test
     calibrates in its own copy of the cache (calibration runs are cached too)."""
-    monkeypatch.setattr(calibration, "_measure_plan", fake)
+    monkeypatch.setattr(calibration, "measure_plan_in_context", fake)
     return measure_latency_table(net, (x,), protocol=FAST, cache_dir=cache, **opts)
 
 

@@ -38,7 +38,7 @@ def test_one_entry_per_valid_block(net: nn.Module, x: torch.Tensor, table: Laten
 def test_cache_resume_remeasures_nothing_stored(
     net: nn.Module, x: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = latency_table._time
+    real = latency_table.time_entry
     calls: list[int] = []
 
     def counting(*args, **kwargs):
@@ -47,7 +47,7 @@ def test_cache_resume_remeasures_nothing_stored(
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(latency_table, "_time", counting)
+    monkeypatch.setattr(latency_table, "time_entry", counting)
     opts = {"protocol": FAST, "cache_dir": tmp_path, "bound": False, "end_to_end": False}
     limit = 6
     with pytest.raises(KeyboardInterrupt):
