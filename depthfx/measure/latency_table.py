@@ -50,7 +50,7 @@ import json
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,7 +67,7 @@ from depthfx.errors import DepthFXError
 from depthfx.measure.block_shapes import BlockSpec, ConvShape, block_spec
 from depthfx.measure.cache import TimingCache
 from depthfx.measure.calibration import calibration_plans_for, run_calibration
-from depthfx.measure.setting import TimingProtocol, setting_fingerprint
+from depthfx.measure.setting import TimingProtocol, setting_fingerprint, time_entry
 from depthfx.passes.analyze import analyze
 from depthfx.records import Analysis
 from depthfx.solver import LatencyKey, LatencyTable
@@ -79,33 +79,6 @@ def load_table(path: str | Path) -> LatencyTable:
     if path.suffix == ".csv":
         return LatencyTable.read_csv(path)
     return LatencyTable.read_json(path)
-
-
-def time_entry(
-    runnable: Callable[[], object], protocol: TimingProtocol, reject_ms: float | None = None
-) -> tuple[Timing, bool]:
-    """Time one runnable; re-measure while noisy, keeping the steadiest measurement.
-
-    With ``reject_ms``, two calls after a first (warm-up) call are timed first; if even the
-    faster is above ``reject_ms`` the block is clearly dominated and those two calls are its
-    (coarse) measurement, returned with True, instead of seconds of full protocol.
-    """
-    if reject_ms is not None:
-        quick = measure(runnable, warmup_s=0.0, min_warmup_calls=1, blocks=2, n_per_block=1)
-        if min(quick.samples_ms) > reject_ms:
-            return quick, True
-    best = measure(
-        runnable, warmup_s=protocol.warmup_s, blocks=protocol.blocks, block_s=protocol.block_s
-    )
-    for _ in range(protocol.retries):
-        if best.spread <= protocol.noise_threshold:
-            break
-        again = measure(
-            runnable, warmup_s=protocol.warmup_s, blocks=protocol.blocks, block_s=protocol.block_s
-        )
-        if again.spread < best.spread:
-            best = again
-    return best, False
 
 
 def _backend(

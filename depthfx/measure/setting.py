@@ -8,11 +8,12 @@ number is mixed in. :class:`TimingProtocol` is how each entry and calibration ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from depthfx.backends.base import Fingerprint
+from depthfx.backends.timing import Timing, measure
 from depthfx.errors import TableError
 from depthfx.solver import LatencyTable
 
@@ -31,6 +32,33 @@ class TimingProtocol:
     retries: int = 2
     #: A/B rounds of each calibration plan against the original (whole models: few calls).
     calibration_rounds: int = 30
+
+
+def time_entry(
+    runnable: Callable[[], object], protocol: TimingProtocol, reject_ms: float | None = None
+) -> tuple[Timing, bool]:
+    """Time one runnable; re-measure while noisy, keeping the steadiest measurement.
+
+    With ``reject_ms``, two calls after a first (warm-up) call are timed first; if even the
+    faster is above ``reject_ms`` the block is clearly dominated and those two calls are its
+    (coarse) measurement, returned with True, instead of seconds of full protocol.
+    """
+    if reject_ms is not None:
+        quick = measure(runnable, warmup_s=0.0, min_warmup_calls=1, blocks=2, n_per_block=1)
+        if min(quick.samples_ms) > reject_ms:
+            return quick, True
+    best = measure(
+        runnable, warmup_s=protocol.warmup_s, blocks=protocol.blocks, block_s=protocol.block_s
+    )
+    for _ in range(protocol.retries):
+        if best.spread <= protocol.noise_threshold:
+            break
+        again = measure(
+            runnable, warmup_s=protocol.warmup_s, blocks=protocol.blocks, block_s=protocol.block_s
+        )
+        if again.spread < best.spread:
+            best = again
+    return best, False
 
 
 def setting_fingerprint(fp: Mapping[str, Any], batch: int | None = None) -> Fingerprint:
