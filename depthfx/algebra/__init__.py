@@ -7,14 +7,15 @@ Everything works on :class:`AffineConv`, a float64 conv map with per-side input 
 * ``compose`` / ``compose_all`` / ``group_padding``: consecutive convs as one conv, padding moved
   to the group input;
 * ``fuse_identity`` / ``fuse_projection``: residual additions folded into the body conv;
-* ``crop``: drop the kernel taps that meet only zero padding at a known input size;
+* ``crop`` / ``compose_cropped``: drop the kernel taps that meet only zero padding at a known
+  input size (composing only the taps that stay);
 * ``to_modules``: back to (nn.ZeroPad2d | None, nn.Conv2d) in the target dtype;
 * ``check_close``: raise MergeMismatch when a merge does not reproduce its reference.
 """
 
 from depthfx.algebra.check import check_close
 from depthfx.algebra.compose import compose, compose_all, group_padding, merged_kernel
-from depthfx.algebra.crop import crop, crop_window
+from depthfx.algebra.crop import compose_cropped, crop, crop_window
 from depthfx.algebra.emit import to_modules
 from depthfx.algebra.fold_bn import fold_bn, fold_bn_tensors
 from depthfx.algebra.kernel import (
@@ -33,6 +34,7 @@ __all__ = [
     "check_close",
     "compose",
     "compose_all",
+    "compose_cropped",
     "conv_padding",
     "crop",
     "crop_window",

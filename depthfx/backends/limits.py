@@ -13,6 +13,9 @@ the machine down:
   must fit the same limit — seen here: "Initializer 'reorder' declares a size of 2398781440
   bytes which exceeds the 2147483648 byte limit". The estimate pads to 16 and keeps a further
   ``ORT_SAFETY`` of headroom;
+* depthfx itself: ``convert`` composes each merge group in float64 and refuses a group whose
+  (cropped) kernel, counted dense, exceeds ``MAX_KERNEL_BYTES``, so a plan with such a block
+  could not be merged (backend-independent);
 * memory: building holds several copies of the weights at once (the array, the ONNX proto,
   its serialised bytes, the session's copy and its reordered copy: ``BUILD_COPIES``), so
   they must fit in ``MEMORY_FRACTION`` of the memory available now (``/proc/meminfo``
@@ -27,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ONNX_PROTOBUF_BYTES = 2**31
+#: Default limit of ``depthfx.convert`` on one merged float64 kernel, counted dense (O·I·K·8).
+MAX_KERNEL_BYTES = 2 << 30
 #: Headroom over the padded-weights estimate (other initializers, a larger block size).
 ORT_SAFETY = 1.25
 #: Channel block the reorder estimate pads to (ORT uses 8 with AVX2, 16 with AVX-512).
@@ -69,16 +74,24 @@ def ort_weight_bytes(out_channels: int, in_per_group: int, kernel: Sequence[int]
 
 def weight_limit_reason(
     out_channels: int,
-    in_per_group: int,
+    in_channels: int,
+    groups: int,
     kernel: Sequence[int],
     *,
     onnx: bool,
     memory: int | None,
     jobs: int = 1,
 ) -> str | None:
-    """Why a conv of this weight shape cannot be built (None if it can): ``onnx`` for the
+    """Why a merged conv of this shape cannot be built (None if it can): ``onnx`` for the
     ONNX graph limits, ``memory`` the bytes available, shared by ``jobs`` parallel builds."""
+    in_per_group = in_channels // groups
     raw = 4 * out_channels * in_per_group * math.prod(kernel)
+    dense = 8 * out_channels * in_channels * math.prod(kernel)
+    if dense > MAX_KERNEL_BYTES:
+        return (
+            f"its float64 kernel ({dense / 2**30:.2f} GiB, counted dense) exceeds the "
+            f"{MAX_KERNEL_BYTES / 2**30:g} GiB that depthfx.convert merges by default"
+        )
     if onnx:
         reordered = ort_weight_bytes(out_channels, in_per_group, kernel)
         if ORT_SAFETY * max(raw, reordered) >= ONNX_PROTOBUF_BYTES:

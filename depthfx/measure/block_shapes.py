@@ -182,7 +182,7 @@ class BlockSpec:
         (:func:`depthfx.backends.limits.weight_limit_reason`)."""
         c = self.conv
         return weight_limit_reason(
-            c.out_channels, c.in_channels // c.groups, c.kernel, onnx=onnx, memory=memory, jobs=jobs
+            c.out_channels, c.in_channels, c.groups, c.kernel, onnx=onnx, memory=memory, jobs=jobs
         )
 
     def proxy(self, max_weights: int) -> BlockSpec | None:

@@ -32,9 +32,10 @@ dense kernels over 16 M weights):
   single convs together is never in the fastest merge pattern, which plans deploy (its
   single convs are strictly cheaper), so it is not built (such kernels can be gigabytes); its
   entry holds that lower bound instead and is listed in ``meta["bounded"]``. A block whose
-  (cropped) weights the backend cannot load at all (:mod:`depthfx.backends.limits`: ONNX's
-  2 GiB, a share of the free memory) is bounded too, always, at twice its single convs at
-  least, and listed with the reason in ``meta["oversized"]``. The paper's DP1
+  (cropped) weights cannot be loaded or merged at all (:mod:`depthfx.backends.limits`:
+  ONNX's 2 GiB, ``convert``'s float64 limit, a share of the free memory) is bounded too,
+  always, at twice its single convs at least, and listed with the reason in
+  ``meta["oversized"]``. The paper's DP1
   cannot always split a block into its single convs (only where every prefix is a valid
   block, spec §7.16), so DP2 may still cost a bounded block at its bound: the plan then
   deploys the faster single convs, within the budget;

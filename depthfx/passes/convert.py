@@ -37,15 +37,18 @@ from tqdm.auto import tqdm
 
 from depthfx.algebra import (
     AffineConv,
-    compose,
-    crop,
+    compose_all,
+    compose_cropped,
+    crop_window,
     fold_bn,
     fold_bn_tensors,
     from_tensors,
     fuse_identity,
     fuse_projection,
+    group_padding,
     to_modules,
 )
+from depthfx.backends.limits import MAX_KERNEL_BYTES
 from depthfx.errors import MergeMismatch
 from depthfx.passes.group_record import PREPARED_ATTR, ConvStep, GroupRecord, PreparedInfo
 from depthfx.passes.verify import compare_outputs, group_mismatch
@@ -62,7 +65,7 @@ def convert(
     rtol: float = 1e-4,
     atol: float = 1e-5,
     check: bool = True,
-    max_kernel_bytes: int = 2 << 30,
+    max_kernel_bytes: int = MAX_KERNEL_BYTES,
 ) -> fx.GraphModule:
     """Merge a network made by ``prepare`` (after any fine-tuning) into its shallow form.
 
@@ -79,24 +82,26 @@ def convert(
 
     A merged kernel grows by s·(k − 1) per conv (s: the stride product before it), so merging
     across many strided convs can give kernels of hundreds of taps (spec §7 pitfall 13).
-    ``PlanError`` is raised before any work when a group's float64 kernel would exceed
-    ``max_kernel_bytes``: such a plan is not worth deploying, and composing it could exhaust
-    memory.
+    ``PlanError`` is raised before any composition when a group's (cropped) float64 kernel
+    would exceed ``max_kernel_bytes``: such a plan is not worth deploying, and composing it
+    could exhaust memory. Only the taps that survive the crop are composed.
     """
     info: PreparedInfo | None = getattr(prepared, PREPARED_ATTR, None)
     if info is None:
         raise PlanError("convert() takes the module returned by depthfx.prepare()")
     if plan is not None and plan.chains != info.plan.chains:
         raise PlanError("the plan differs from the one this module was prepared with")
-    for record in info.groups:
-        _check_size(prepared, record, max_kernel_bytes)
     merged = copy.deepcopy(prepared).eval()
-    with torch.no_grad():  # each group's input size, for crop()
+    with torch.no_grad():  # each group's input size, to crop its kernel to
         ShapeProp(merged).propagate(*_inputs(info, example_inputs))
+    nodes = {n.name: n for n in merged.graph.nodes}
+    sizes = {r.input: tuple(nodes[r.input].meta["tensor_meta"].shape[2:]) for r in info.groups}
+    for record in info.groups:
+        _check_size(merged, record, max_kernel_bytes, sizes[record.input])
     # Group outputs replaced so far: a later group whose input is one must read the new node.
     replaced: dict[str, fx.Node] = {}
     for record in tqdm(info.groups, desc="merging", unit="group", disable=None, leave=False):
-        _merge_group(merged, record, replaced)
+        _merge_group(merged, record, replaced, sizes[record.input])
     merged.graph.eliminate_dead_code()
     merged.delete_all_unused_submodules()
     merged.graph.lint()
@@ -131,14 +136,18 @@ def _inputs(
     return tuple(torch.randn(shape, generator=generator) for shape in info.example_shapes)
 
 
-def _check_size(gm: fx.GraphModule, record: GroupRecord, limit: int) -> None:
-    """Raise PlanError when the group's dense float64 kernel would exceed ``limit`` bytes."""
+def _check_size(
+    gm: fx.GraphModule, record: GroupRecord, limit: int, input_size: tuple[int, ...]
+) -> None:
+    """Raise PlanError when the group's dense float64 (cropped) kernel would exceed ``limit``
+    bytes."""
     size, scale = [1, 1], [1, 1]
     for step in record.convs:
         conv = gm.get_submodule(step.module)
         for axis in (0, 1):
             size[axis] += scale[axis] * conv.dilation[axis] * (conv.kernel_size[axis] - 1)
             scale[axis] *= conv.stride[axis]
+    size = list(crop_window((size[0], size[1]), (scale[0], scale[1]), record.pad, input_size)[0])
     first, last = (
         gm.get_submodule(record.convs[0].module),
         gm.get_submodule(record.convs[-1].module),
@@ -153,17 +162,16 @@ def _check_size(gm: fx.GraphModule, record: GroupRecord, limit: int) -> None:
         )
 
 
-def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx.Node]) -> None:
+def _merge_group(
+    gm: fx.GraphModule,
+    record: GroupRecord,
+    replaced: dict[str, fx.Node],
+    input_size: tuple[int, ...],
+) -> None:
     if len(record.convs) == 1 and gm.get_submodule(record.convs[0].module).padding_mode != "zeros":
         return  # its padding is not zeros: nothing to merge, and folding would change it
     nodes = {n.name: n for n in gm.graph.nodes}
-    affine = _group_map(gm, record)
-    if len(record.convs) > 1 and affine.padding != record.pad:
-        raise PlanError(
-            f"group {record.start}->{record.end} of chain {record.chain}: composed padding "
-            f"{affine.padding} differs from the moved padding {record.pad}"
-        )
-    affine = crop(affine, nodes[record.input].meta["tensor_meta"].shape[2:])
+    affine = _group_map(gm, record, input_size)
     dtype = gm.get_submodule(record.convs[0].module).weight.dtype
     pad, conv = to_modules(affine, dtype)
     prefix = record.name
@@ -185,8 +193,9 @@ def _merge_group(gm: fx.GraphModule, record: GroupRecord, replaced: dict[str, fx
     logger.debug("%s merged into %s", record.describe(), tuple(conv.weight.shape))
 
 
-def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
-    """The float64 map of a whole group, fused residuals included (innermost first).
+def _group_map(gm: fx.GraphModule, record: GroupRecord, input_size: tuple[int, ...]) -> AffineConv:
+    """The float64 map of a whole group, fused residuals included (innermost first), cropped
+    to ``input_size`` (only the kept taps are composed: ``compose_cropped``).
 
     A pruned conv is a no-op in the composition; a residual body pruned empty is the identity
     (so the residual fuses as 2·I)."""
@@ -195,16 +204,15 @@ def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
     for residual in record.residuals:
         by_src.setdefault(residual.src, []).append(residual)
 
-    def build(lo: int, hi: int, inside: object | None) -> AffineConv | None:
-        acc: AffineConv | None = None
+    def build(lo: int, hi: int, inside: object | None) -> list[AffineConv]:
+        pieces: list[AffineConv] = []
         p = lo
         while p < hi:
             nested = [r for r in by_src.get(p, []) if r is not inside and r.dst <= hi and r.dst > p]
             if nested:
                 residual = max(nested, key=lambda r: r.dst)
-                body = build(p, residual.dst, residual)
-                if body is None:
-                    body = _identity(_channels(maps, p))
+                inner = build(p, residual.dst, residual)
+                body = compose_all(inner) if inner else _identity(_channels(maps, p))
                 if residual.kind == "identity":
                     piece = fuse_identity(body)
                 else:
@@ -214,12 +222,17 @@ def _group_map(gm: fx.GraphModule, record: GroupRecord) -> AffineConv:
                 piece = maps.get(p + 1)
                 p += 1
             if piece is not None:
-                acc = piece if acc is None else compose(acc, piece)
-        return acc
+                pieces.append(piece)
+        return pieces
 
-    merged = build(record.start, record.end, None)
-    assert merged is not None, "a group keeps at least one conv (ChainPlan.validate)"
-    return merged
+    pieces = build(record.start, record.end, None)
+    assert pieces, "a group keeps at least one conv (ChainPlan.validate)"
+    if len(record.convs) > 1 and group_padding(pieces) != record.pad:
+        raise PlanError(
+            f"group {record.start}->{record.end} of chain {record.chain}: composed padding "
+            f"{group_padding(pieces)} differs from the moved padding {record.pad}"
+        )
+    return compose_cropped(pieces, input_size)
 
 
 def _channels(maps: dict[int, AffineConv], position: int) -> int:

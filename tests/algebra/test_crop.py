@@ -7,7 +7,15 @@ import random
 import torch
 from torch import nn
 
-from depthfx.algebra import AffineConv, compose_all, crop, crop_window, from_conv, from_tensors
+from depthfx.algebra import (
+    AffineConv,
+    compose_all,
+    compose_cropped,
+    crop,
+    crop_window,
+    from_conv,
+    from_tensors,
+)
 from depthfx.algebra.crop import axis_crop
 
 
@@ -46,16 +54,19 @@ def _random_conv(rng: random.Random, in_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out, k, stride, pad, dilation, groups).double()
 
 
-def _random_map(rng: random.Random) -> AffineConv:
-    """One conv, or a padding-moved chain of 2–3 (large kernels), with extra asymmetric pads."""
+def _random_maps(rng: random.Random, lengths: tuple[int, ...] = (1, 1, 2, 3)) -> list[AffineConv]:
+    """One conv, or a padding-moved chain (large kernels), with extra asymmetric pads."""
     channels = rng.choice([2, 4])
     convs = []
-    for _ in range(rng.choice([1, 1, 2, 3])):
+    for _ in range(rng.choice(lengths)):
         convs.append(_random_conv(rng, channels))
         channels = convs[-1].out_channels
-    extra = tuple(rng.randint(0, 24) for _ in range(4))
-    maps = [from_conv(convs[0], extra_padding=extra)] + [from_conv(c) for c in convs[1:]]  # type: ignore[arg-type]
-    return compose_all(maps)
+    extra = (rng.randint(0, 24), rng.randint(0, 24), rng.randint(0, 24), rng.randint(0, 24))
+    return [from_conv(convs[0], extra_padding=extra)] + [from_conv(c) for c in convs[1:]]
+
+
+def _random_map(rng: random.Random) -> AffineConv:
+    return compose_all(_random_maps(rng))
 
 
 def test_cropped_conv_equals_uncropped_on_inputs_of_that_size() -> None:
@@ -90,3 +101,26 @@ def test_large_merged_kernel_on_a_tiny_map_keeps_its_centre() -> None:
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     torch.testing.assert_close(small(x), conv(x), rtol=1e-12, atol=1e-12)
     assert crop(conv, (64, 64)) is conv  # nothing meets only padding at 64×64
+
+
+def test_compose_cropped_equals_crop_of_the_full_composition() -> None:
+    """Composing within the kept taps gives the cropped full composition, tap for tap."""
+    rng = random.Random(2)
+    cropped_some = 0
+    for _ in range(60):
+        maps = _random_maps(rng, lengths=(2, 3, 4))
+        full = compose_all(maps)
+        size = (rng.randint(8, 24), rng.randint(8, 24))
+        if min(full.output_size(*size)) < 1:
+            continue
+        want, got = crop(full, size), compose_cropped(maps, size)
+        assert (got.kernel_size, got.padding, got.stride, got.groups) == (
+            want.kernel_size,
+            want.padding,
+            want.stride,
+            want.groups,
+        )
+        torch.testing.assert_close(got.weight, want.weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.bias, want.bias, rtol=1e-12, atol=1e-12)
+        cropped_some += want is not full
+    assert cropped_some >= 10

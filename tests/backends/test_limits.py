@@ -19,18 +19,23 @@ def test_reorder_estimate_pads_channels_like_nchwc() -> None:
 
 def test_limits_name_the_reason() -> None:
     # MobileNetV2 at 96×96, general strides: 96→1280 at 80×80 taps, 2.9 GiB.
-    why = weight_limit_reason(1280, 96, (80, 80), onnx=True, memory=None)
+    why = weight_limit_reason(1280, 96, 1, (80, 80), onnx=True, memory=None)
+    assert why is not None and "depthfx.convert" in why  # 5.9 GiB in float64
+    # Depthwise: tiny in float32 (raw and reordered), but convert counts the dense float64.
+    why = weight_limit_reason(4096, 4096, 4096, (64, 64), onnx=True, memory=None)
+    assert why is not None and "depthfx.convert" in why
+    # Odd channels within convert's limit (1.8 GiB float64) whose ORT reorder, padded to
+    # 32×16 channels, exceeds 2 GiB: only the ONNX backend refuses it.
+    why = weight_limit_reason(17, 9, 1, (1257, 1257), onnx=True, memory=None)
     assert why is not None and "2 GiB protobuf limit" in why
-    assert weight_limit_reason(1280, 96, (80, 80), onnx=False, memory=None) is None  # torch
-    # Just under 2 GiB raw is refused by the margin kept for ORT's reorder; far under is fine.
-    numel = int(ONNX_PROTOBUF_BYTES / 4 / ORT_SAFETY) + 16
-    assert weight_limit_reason(numel // 16, 16, (1, 1), onnx=True, memory=None) is not None
-    assert weight_limit_reason(1280, 96, (24, 24), onnx=True, memory=None) is None
-    # Memory: about 6 copies of 1 GiB of weights do not fit in half of 8 GiB, nor 2 builds in 16.
-    why = weight_limit_reason(1024, 1024, (16, 16), onnx=False, memory=8 << 30)
+    assert weight_limit_reason(17, 9, 1, (1257, 1257), onnx=False, memory=None) is None
+    assert ORT_SAFETY * ort_weight_bytes(17, 9, (1257, 1257)) > ONNX_PROTOBUF_BYTES
+    assert weight_limit_reason(1280, 96, 1, (24, 24), onnx=True, memory=None) is None
+    # Memory: about 6 copies of 0.5 GiB of weights do not fit in half of 4 GiB, nor 2 builds in 8.
+    why = weight_limit_reason(512, 1024, 1, (16, 16), onnx=False, memory=4 << 30)
     assert why is not None and "available" in why
-    assert weight_limit_reason(1024, 1024, (16, 16), onnx=False, memory=16 << 30) is None
-    assert weight_limit_reason(1024, 1024, (16, 16), onnx=False, memory=16 << 30, jobs=2)
+    assert weight_limit_reason(512, 1024, 1, (16, 16), onnx=False, memory=8 << 30) is None
+    assert weight_limit_reason(512, 1024, 1, (16, 16), onnx=False, memory=8 << 30, jobs=2)
 
 
 def test_available_memory_is_read() -> None:
