@@ -25,7 +25,7 @@ an :class:`AffineConv` kernel. A conv none of whose taps meets data (its output 
 is left unchanged. The crop never enlarges a kernel.
 
 :func:`compose_cropped` gives ``crop(compose_all(convs), size)`` without forming the full
-kernel, which at small inputs can be thousands of times larger (MobileNetV2 at 32×32 in
+kernel, which at small inputs can be hundreds of times larger (MobileNetV2 at 32×32 in
 general-stride mode: 427×427 taps in float64, over 2 GiB, for a 32×32 result). Cropping each
 partial composition by geometry would not be exact (later convs read the partial map beyond its
 own output range, where the moved padding put real values), so it works in kernel offsets:

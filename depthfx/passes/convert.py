@@ -93,7 +93,7 @@ def convert(
         raise PlanError("the plan differs from the one this module was prepared with")
     merged = copy.deepcopy(prepared).eval()
     with torch.no_grad():  # each group's input size, to crop its kernel to
-        ShapeProp(merged).propagate(*_inputs(info, example_inputs))
+        ShapeProp(merged).propagate(*_inputs(info, example_inputs, merged))
     nodes = {n.name: n for n in merged.graph.nodes}
     sizes = {r.input: tuple(nodes[r.input].meta["tensor_meta"].shape[2:]) for r in info.groups}
     for record in info.groups:
@@ -107,7 +107,7 @@ def convert(
     merged.graph.lint()
     merged.recompile()
     if check:
-        inputs = _inputs(info, example_inputs)
+        inputs = _inputs(info, example_inputs, merged)
         try:
             compare_outputs(prepared, merged, inputs, rtol=rtol, atol=atol)
         except MergeMismatch as err:
@@ -128,12 +128,17 @@ def count_convs(module: nn.Module) -> int:
 
 
 def _inputs(
-    info: PreparedInfo, example_inputs: Sequence[torch.Tensor] | None
+    info: PreparedInfo, example_inputs: Sequence[torch.Tensor] | None, like: nn.Module
 ) -> tuple[torch.Tensor, ...]:
+    """The example inputs, or seeded random ones of the recorded shapes in ``like``'s dtype."""
     if example_inputs is not None:
         return tuple(example_inputs)
     generator = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(shape, generator=generator) for shape in info.example_shapes)
+    param = next(like.parameters())
+    return tuple(
+        torch.randn(shape, generator=generator).to(param.device, param.dtype)
+        for shape in info.example_shapes
+    )
 
 
 def _check_size(
