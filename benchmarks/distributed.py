@@ -13,6 +13,12 @@ of the driver and of its workers (not for Ray, whose workers are not the driver'
 what the run cost whatever else ran on the machine. Every entry
 runs on one torch thread, the serial run too, so the tables must be equal bit for bit: checked.
 The load average is printed before and after each run (the machine may be shared).
+
+First it measures the machine's own ceiling: a fixed single-threaded torch workload (the
+forward and backward of this CNN on a batch of digits) run once alone and then as ``--workers``
+copies at once, each in a process of its own. ``ceiling = workers × t_alone / t_together`` is
+the most any executor can gain here: where cores share caches, memory bandwidth or a physical
+core (a VM's vCPUs), a busy neighbour slows each copy down, whatever runs the jobs.
 """
 
 from __future__ import annotations
@@ -108,6 +114,32 @@ def run_one(executor: str, args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def workload(convs: int, width: int, steps: int = 60) -> float:
+    """Seconds of one fixed training workload on one torch thread (the ceiling's unit)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = cnn(convs, width)
+    x, y = digits()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = slice(64 * (step % 20), 64 * (step % 20 + 1))
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+    return time.perf_counter() - t0
+
+
+def ceiling(args: argparse.Namespace) -> tuple[float, float, float]:
+    """(alone s, together s, ceiling): the workload alone, then ``workers`` copies at once."""
+    argv = [sys.executable, __file__, *sys.argv[1:], "--run", "workload"]
+
+    def run(copies: int) -> float:
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+        return max(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+
+    alone = min(run(1) for _ in range(2))
+    together = min(run(args.workers) for _ in range(2))
+    return alone, together, args.workers * alone / together
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workers", type=int, default=2)
@@ -118,6 +150,9 @@ def main() -> None:
     p.add_argument("--run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.run == "workload":
+        print(workload(args.convs, args.width))
+        return
     if args.run is not None:
         print(json.dumps(run_one(args.run, args)))
         return
@@ -128,6 +163,10 @@ def main() -> None:
     print(f"CNN of {args.convs} convs × {args.width} channels on digits: {n} entries, "
           f"{args.epochs:g} epoch(s) of fine-tuning each; {os.cpu_count()} cores, "
           f"{args.workers} workers, 1 torch thread per entry")  # fmt: skip
+    alone, together, most = ceiling(args)
+    print(f"machine ceiling: a fixed 1-thread workload takes {alone:.2f} s alone, "
+          f"{together:.2f} s as {args.workers} copies at once: at most {most:.2f}× "
+          f"with {args.workers} workers (load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
@@ -146,7 +185,9 @@ def main() -> None:
     if base is not None:
         for r in results:
             if r is not base:
-                print(f"{r['executor']} speed-up over serial: {base['wall_s'] / r['wall_s']:.2f}×")
+                gain = base["wall_s"] / r["wall_s"]
+                print(f"{r['executor']} speed-up over serial: {gain:.2f}× "
+                      f"({gain / most:.0%} of the machine's ceiling)")  # fmt: skip
     digests = {r["digest"] for r in results}
     print("tables equal bit for bit" if len(digests) == 1 else f"TABLES DIFFER: {digests}")
 

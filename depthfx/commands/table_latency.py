@@ -40,6 +40,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the in-context calibration (timing real merged plans against the original)",
     )
     p.add_argument("--force", action="store_true", help="accept mismatching fingerprints")
+    p.add_argument(
+        "--executor",
+        choices=("serial", "ray"),
+        default="serial",
+        help="ray: measure the whole table as one Ray task on the node holding --resource "
+        "(nothing else runs there meanwhile); serial: here",
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: the cluster's address ('auto': this machine's)"
+    )
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="LABEL[=N]",
+        help="ray: a custom resource of the node to measure on (repeatable), as given to "
+        "`ray start --resources`",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="table .json (with meta)")
     p.add_argument("--csv", type=Path, default=None, help="also write the paper's CSV format")
     p.set_defaults(func=run)
@@ -59,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"precision": args.precision} if args.backend == "tensorrt" else {}
     # Never overwrite a table of another setting by accident: checked before timing anything.
     previous = load_table(args.output).meta.get("fingerprint") if args.output.exists() else None
+    executor_options = remote_options(args)
     table = measure_latency_table(
         model,
         example,
@@ -74,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         backend_options=options,
         force=args.force,
         expect=previous,
+        executor=args.executor,
+        executor_options=executor_options,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.write_json(args.output)
@@ -91,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ("fixed part", f"{m['fixed_ms']:.4f} ms outside the chains (raw)"),
         ("latency model", describe_calibration(table)),
         ("build time", f"{m['build_s']:.1f} s"),
+        *([("node", _node(m["node"]))] if "node" in m else []),
         ("setting", _summary(m["fingerprint"])),
         ("written", str(args.output) + (f", {args.csv}" if args.csv else "")),
     ]
@@ -98,6 +120,37 @@ def run(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def remote_options(args: argparse.Namespace) -> dict[str, object] | None:
+    """``executor_options`` of ``--executor ray`` (its node's resources, the cluster address);
+    None for serial. The flags of one executor given with the other are an error."""
+    if args.executor == "serial":
+        if args.address is not None or args.resource:
+            raise DepthFXError("--address and --resource only apply with --executor ray")
+        return None
+    if not args.resource:
+        raise DepthFXError(
+            "--executor ray measures on one node: name it with --resource LABEL (a custom "
+            "resource of that node, `ray start --resources='{\"LABEL\": 1}'`)"
+        )
+    resources: dict[str, float] = {}
+    for text in args.resource:
+        label, _, amount = text.partition("=")
+        try:
+            resources[label] = float(amount) if amount else 1.0
+        except ValueError:
+            raise DepthFXError(f"bad --resource {text!r}: expected LABEL or LABEL=N") from None
+        if not label or resources[label] <= 0:
+            raise DepthFXError(f"bad --resource {text!r}: expected LABEL or LABEL=N, N > 0")
+    options: dict[str, object] = {"resources": resources}
+    if args.address is not None:
+        options["address"] = args.address
+    return options
+
+
+def _node(node: dict[str, object]) -> str:
+    return f"{node.get('hostname', '?')} ({node.get('ip', '?')}), Ray node {node.get('node_id')}"
 
 
 def _summary(fp: dict[str, object]) -> str:
