@@ -27,6 +27,8 @@ from depthfx.algebra import AffineConv, compose, fold_bn_tensors, from_tensors, 
 _CONV = (torch.conv2d,)
 _ADD = (operator.add, operator.iadd, torch.add)
 _BN_ARGS = ("running_mean", "running_var", "weight", "bias")
+#: ``F.pad`` as written, and the builtin dynamo records when it traces ``nn.ZeroPad2d``.
+_PAD = (F.pad, torch._C._nn.pad)
 
 
 class NotAffine(Exception):
@@ -77,7 +79,7 @@ def is_zero_pad(node: Any) -> bool:
     return (
         isinstance(node, fx.Node)
         and node.op == "call_function"
-        and node.target is F.pad
+        and node.target in _PAD
         and call_arg(node, 2, "mode", "constant") == "constant"
         and call_arg(node, 3, "value") in (None, 0, 0.0)
     )
@@ -128,7 +130,7 @@ def _map_of(
     if first not in maps:
         return None
     m = maps[first]
-    if node.target is F.pad and is_zero_pad(node):
+    if is_zero_pad(node):
         pads = list(call_arg(node, 1, "pad"))
         if len(pads) > 4:
             return None

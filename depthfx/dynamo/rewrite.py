@@ -27,13 +27,14 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
+from depthfx.algebra import crop
 from depthfx.dynamo.maps import (
     AffineMap,
     NotAffine,
@@ -225,11 +226,16 @@ def _emit(gm: fx.GraphModule, source: fx.Node, out: fx.Node, m: AffineMap, index
     (h, w), (ho, wo) = spatial_size(source), spatial_size(out)
     (kh, kw), (sh, sw), (top, left) = m.conv.kernel_size, m.conv.stride, m.offset
     bottom, right = sh * (ho - 1) + kh - top - h, sw * (wo - 1) + kw - left - w
+    affine = replace(m.conv, padding=(top, bottom, left, right))
+
+    if min(affine.padding) >= 0:  # the taps that meet only zero padding go, as in convert
+        affine = crop(affine, (h, w))
+        top, bottom, left, right = affine.padding
     dtype = out.meta["example_value"].dtype
     device = out.meta["example_value"].device
     prefix = f"depthfx_merged_{index}"
-    gm.register_buffer(f"{prefix}_weight", m.conv.weight.to(device=device, dtype=dtype))
-    gm.register_buffer(f"{prefix}_bias", m.conv.bias.to(device=device, dtype=dtype))
+    gm.register_buffer(f"{prefix}_weight", affine.weight.to(device=device, dtype=dtype))
+    gm.register_buffer(f"{prefix}_bias", affine.bias.to(device=device, dtype=dtype))
     graph = gm.graph
     symmetric = top == bottom >= 0 and left == right >= 0
     with graph.inserting_before(out):
@@ -240,7 +246,7 @@ def _emit(gm: fx.GraphModule, source: fx.Node, out: fx.Node, m: AffineMap, index
             x = graph.call_function(F.pad, (source, [left, right, top, bottom]))
         padding = (top, left) if symmetric else (0, 0)
         conv = graph.call_function(
-            torch.conv2d, (x, weight, bias, m.conv.stride, padding, (1, 1), m.conv.groups)
+            torch.conv2d, (x, weight, bias, affine.stride, padding, (1, 1), affine.groups)
         )
     conv.meta.update(example_value=out.meta["example_value"], depthfx_merged=True)
     out.replace_all_uses_with(conv)

@@ -35,6 +35,11 @@ def test_equals_convert_and_merges(name: str) -> None:
     assert multi > 0, "the plan merges nothing; pick another seed"
     # Every conv the plan merges away is gone from the graph handed to the delegate.
     assert conv_calls(gm) == report.convs_before - multi
+    # Merged kernels are cropped to their input as convert crops them (at 32×32 the deepest
+    # maps are 1×1, so the full kernels of deep groups would be much larger).
+    emitted = sorted(tuple(b.shape) for n, b in gm.named_buffers() if n.endswith("_weight"))
+    converted = [tuple(m.weight.shape) for m in merged.modules() if hasattr(m, "padding_mode")]
+    assert emitted and all(shape in converted for shape in emitted), (emitted, converted)
 
 
 def test_graph_break_inside_chain_is_reported_not_merged() -> None:
