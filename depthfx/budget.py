@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from depthfx.errors import DepthFXError, InfeasibleBudget, TableError
-from depthfx.measure.layermerge_plan import plan_variants
+from depthfx.measure.layermerge_plan import VariantPlan, plan_variants
 from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.plans import ChainPlan, solution_chains
 from depthfx.records import Analysis
@@ -85,7 +85,7 @@ def solve_budget(
     if variants is None:
         raise DepthFXError(f"method={method!r} needs each chain's LayerMerge variant tables")
 
-    def run(chain_budget: float) -> Any:
+    def run(chain_budget: float) -> VariantPlan:
         return plan_variants(
             analysis, variants, method, chain_budget, units_prec,
             latency=latency, importance=importance,
