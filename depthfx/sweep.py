@@ -151,14 +151,14 @@ class SweepResult:
         lines += [f"  {note}" for note in notes]
         if acc:
             lines.append(f"  top-1: {ACCURACY_NOTE} (fine-tune with the staged API to recover it)")
-        timed = [("latency", self.latency_s), ("importance", self.importance_s)]
+        timed = [("latency table", self.latency_s), ("importance table", self.importance_s)]
         if pruning:
-            timed.append(("variant", self.variants_s))
+            timed.append(("variant tables", self.variants_s))
         built = [
-            f"{name} table{'s' * (name == 'variant')} "
-            f"{'given' if s is None else f'measured in {s:.1f} s'}"
-            for name, s in timed
+            f"{name} {'given' if s is None else f'measured in {s:.1f} s'}" for name, s in timed
         ]
+        if self.method == "layermerge":  # its DP scores the variants only
+            built[1] = "importance table not used (layermerge)"
         lines.append(f"  {'; '.join(built)}; setting: {self.setting}")
         return "\n".join(line.rstrip() for line in lines)
 

@@ -107,6 +107,8 @@ def test_sweep_with_method(tmp_path: Path, cache: list[str], capsys: pytest.Capt
     assert fastest["pruned"] == sum(len(c.pruned) for c in plan.chains) > 0
     assert fastest["convs_after"] == sum(len(c.groups()) for c in plan.chains)
     assert "method layermerge" in printed and "pruned" in printed.splitlines()[1]
+    assert "importance table not used (layermerge)" in printed
+    assert f"variant tables measured in {result['variant_tables_s']:.1f} s" in printed
 
 
 def test_unknown_method_is_one_clear_error(capsys: pytest.CaptureFixture) -> None:
