@@ -17,7 +17,6 @@ except efficientnet_lite0 (see ``end_to_end.py``), so the proxy's scores are nea
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import warnings
 from pathlib import Path
@@ -40,15 +39,8 @@ MODELS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_lite
 
 
 def fastest_plan(model: torch.nn.Module, x: torch.Tensor, opts: dict[str, Any]) -> Any:
-    """The plan at the smallest feasible budget of a method: the minimum its infeasibility
-    reports (again while the discretisation, which follows the budget, moves it a little)."""
-    budget_ms = 1e-9
-    for _ in range(8):
-        try:
-            return depthfx.plan(model, x, budget_ms=budget_ms, **opts)
-        except InfeasibleBudget as err:
-            budget_ms = max(math.nextafter(err.minimum, math.inf), budget_ms * (1 + 1e-4))
-    return depthfx.plan(model, x, budget_ms=budget_ms, **opts)
+    """The plan at the smallest feasible budget of a method (``budget="fastest"``)."""
+    return depthfx.plan(model, x, "fastest", **opts)
 
 
 def run_row(model: torch.nn.Module, x: torch.Tensor, budget: str, opts: dict[str, Any],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from depthfx.errors import DepthFXError, InfeasibleBudget
-from depthfx.solver import FASTEST, ImportanceTable, LatencyTable
+from depthfx.measure.layermerge_plan import METHODS, variant_tables
+from depthfx.solver import FASTEST, ImportanceTable, LatencyTable, LayerMergeTable
 
 #: How accuracies in a sweep were obtained (printed and stored with them).
 ACCURACY_NOTE = "top-1 without fine-tuning"
@@ -51,6 +52,7 @@ class SweepRow:
     speedup_iqr: float | None = None
     error: float | None = None
     convs_after: int | None = None
+    pruned: int | None = None
     activations_after: int | None = None
     max_abs_error: float | None = None
     accuracy: float | None = None
@@ -73,6 +75,8 @@ class SweepResult:
     rows: list[SweepRow]
     baseline_accuracy: float | None = None
     model: str | None = None
+    method: str = "icml23"
+    variants_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,6 +86,7 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "method": self.method,
             "input_shape": list(self.input_shape),
             "backend": self.backend,
             "setting": self.setting,
@@ -90,6 +95,7 @@ class SweepResult:
             "activations_before": self.activations_before,
             "latency_table_s": self.latency_s,
             "importance_table_s": self.importance_s,
+            "variant_tables_s": self.variants_s,
             "baseline_accuracy": self.baseline_accuracy,
             "accuracy_note": ACCURACY_NOTE if self.accuracy_measured else None,
             "rows": [asdict(r) for r in self.rows],
@@ -100,11 +106,17 @@ class SweepResult:
         """The table ``depthfx bench --sweep`` prints."""
         acc = self.accuracy_measured
         head = ["budget", "budget ms", "predicted", "measured", "error", "speed-up", "convs"]
+        pruning = self.method != "icml23"
+        if pruning:
+            head.append("pruned")
         rows = [[*head, "top-1 %"]] if acc else [head]
         if acc:
             rows.append(
-                ["original", *[""] * 5, str(self.convs_before), f"{self.baseline_accuracy:.2f}"]
-            )
+                [
+                    "original", *[""] * 5, str(self.convs_before), *[""] * pruning,
+                    f"{self.baseline_accuracy:.2f}",
+                ]
+            )  # fmt: skip
         notes = []
         for r in self.rows:
             label = f"fastest ({r.budget:.3g})" if r.fastest else f"{r.budget:g}"
@@ -122,12 +134,14 @@ class SweepResult:
                 f"{100 * r.error:+.1f}%",
                 f"{r.speedup:.2f}×",
                 f"{self.convs_before}→{r.convs_after}",
+                *[str(r.pruned)] * pruning,
             ]
             rows.append([*cells, f"{r.accuracy:.2f}"] if acc else cells)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         shape = "×".join(str(d) for d in self.input_shape)
         lines = [
-            f"sweep of {self.model or 'the model'} ({shape}, {self.backend}): original "
+            f"sweep of {self.model or 'the model'} ({shape}, {self.backend}, method "
+            f"{self.method}): original "
             f"{self.table_ms:.3f} ms in the latency table; times in ms, measured = median ± IQR "
             "timed interleaved with the original"
         ]
@@ -137,10 +151,14 @@ class SweepResult:
         lines += [f"  {note}" for note in notes]
         if acc:
             lines.append(f"  top-1: {ACCURACY_NOTE} (fine-tune with the staged API to recover it)")
+        timed = [("latency table", self.latency_s), ("importance table", self.importance_s)]
+        if pruning:
+            timed.append(("variant tables", self.variants_s))
         built = [
-            f"{name} table {'given' if s is None else f'measured in {s:.1f} s'}"
-            for name, s in (("latency", self.latency_s), ("importance", self.importance_s))
+            f"{name} {'given' if s is None else f'measured in {s:.1f} s'}" for name, s in timed
         ]
+        if self.method == "layermerge":  # its DP scores the variants only
+            built[1] = "importance table not used (layermerge)"
         lines.append(f"  {'; '.join(built)}; setting: {self.setting}")
         return "\n".join(line.rstrip() for line in lines)
 
@@ -166,6 +184,8 @@ def sweep(
     force: bool = False,
     progress: bool | None = None,
     on_row: Callable[[SweepResult], None] | None = None,
+    method: str = "icml23",
+    variants: Mapping[int, LayerMergeTable] | None = None,
 ) -> SweepResult:
     """Plan, merge and time ``model`` at each budget (fractions of its measured latency, or
     ``"fastest"``: the fastest configuration, its row's budget the fraction it needs).
@@ -178,7 +198,9 @@ def sweep(
     and of each merged model, without fine-tuning. ``onnx_dir``: also export each merged
     model there (``budget_<b>.onnx``, checked against torch by :func:`depthfx.export_onnx`).
     ``on_row``: called with the result so far after every budget (e.g. to save it, so an
-    interrupted sweep keeps the rows it finished).
+    interrupted sweep keeps the rows it finished). ``method``: as in :func:`depthfx.plan`
+    (``"layermerge"`` and ``"combined"`` also measure each chain's LayerMerge variant tables
+    once, unless ``variants`` gives them, with the latency and importance options above).
     """
     from tqdm.auto import tqdm
 
@@ -192,6 +214,8 @@ def sweep(
     from depthfx.passes.analyze import analyze
     from depthfx.passes.convert import count_convs
 
+    if method not in METHODS:
+        raise DepthFXError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if not budgets:
         raise DepthFXError("sweep needs at least one budget")
     if bad := [b for b in budgets if b != FASTEST and (isinstance(b, str) or not b > 0)]:
@@ -203,7 +227,7 @@ def sweep(
     inputs = tuple(example_inputs)
     model.eval()
     analysis = analyze(model, inputs, strided=strided, exclude=exclude, training=False)
-    latency_s = importance_s = None
+    latency_s = importance_s = variants_s = None
     if latency is None:
         t0 = time.perf_counter()
         latency = LatencyTable.measure(
@@ -211,7 +235,7 @@ def sweep(
             **(latency_options or {}),
         )  # fmt: skip
         latency_s = time.perf_counter() - t0
-    if importance is None:
+    if importance is None and method != "layermerge":
         t0 = time.perf_counter()
         importance = ImportanceTable.measure(
             model, inputs, data, analysis=analysis, latency=latency, **(importance_options or {})
@@ -223,6 +247,14 @@ def sweep(
             "original's latency, so use a table measured by LatencyTable.measure"
         )
     table_ms = float(latency.meta["end_to_end_ms"])
+    if method != "icml23" and variants is None:
+        t0 = time.perf_counter()
+        variants = variant_tables(
+            model, inputs, data, analysis, backend=backend,
+            latency_options={"device": device, "threads": threads, **(latency_options or {})},
+            importance_options=importance_options,
+        )  # fmt: skip
+        variants_s = time.perf_counter() - t0
     baseline_accuracy = None
     if eval_data is not None:
         _check_labelled(eval_data)
@@ -243,10 +275,12 @@ def sweep(
             importance_s=importance_s,
             rows=list(rows),
             baseline_accuracy=baseline_accuracy,
+            method=method,
+            variants_s=variants_s,
         )
 
     options = {"latency": latency, "importance": importance, "strided": strided,
-               "exclude": exclude}  # fmt: skip
+               "exclude": exclude, "method": method, "variants": variants}  # fmt: skip
     # Each budget repeats the same planning warnings (and compile's fine-tuning reminder, which
     # the sweep's output states itself): collect them and warn once per message at the end.
     with warnings.catch_warnings(record=True) as caught:
@@ -286,6 +320,7 @@ def sweep(
                     speedup_iqr=cmp.speedup_iqr,
                     error=(plan.predicted_ms - measured) / measured,
                     convs_after=report.convs_after,
+                    pruned=report.extra["pruned_convs"],
                     activations_after=report.activations_after,
                     max_abs_error=report.max_abs_error,
                     accuracy=None if eval_data is None else evaluate(merged, eval_data)[1],

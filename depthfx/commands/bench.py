@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from depthfx.commands.compile import add_method_argument
 from depthfx.commands.model_args import budget_value, parse_shape
 from depthfx.errors import DepthFXError
 from depthfx.io import write_json
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="budgets as fractions of the original's latency, e.g. 0.9,0.8,0.7,0.6; 'fastest' "
         "adds the fastest configuration the tables allow",
     )
+    add_method_argument(sweep)
     sweep.add_argument("--latency", type=Path, help="reuse a latency table (JSON)")
     sweep.add_argument("--importance", type=Path, help="reuse an importance table (JSON)")
     sweep.add_argument(
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep is not None:
         return run_sweep(args)
     sweep_only = (
-        "latency", "importance", "data", "images", "cache", "eval_data", "onnx_dir", "plot",
+        "method", "latency", "importance", "data", "images", "cache", "eval_data", "onnx_dir",
+        "plot",
     )  # fmt: skip
     if given := [f"--{k.replace('_', '-')}" for k in sweep_only if getattr(args, k) is not None]:
         raise DepthFXError(f"{', '.join(given)} only apply with --sweep")
@@ -192,6 +195,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         rounds=args.blocks,
         onnx_dir=args.onnx_dir,
         on_row=save,
+        method=args.method or "icml23",
     )
     result.model = args.model
     print(result.format())

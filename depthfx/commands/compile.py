@@ -1,8 +1,10 @@
-"""``depthfx compile MODEL --budget F|fastest -o out.onnx``: the whole pipeline in one command.
+"""``depthfx compile MODEL --budget F|fastest [--method M] -o out.onnx``: the whole pipeline in
+one command.
 
-Measures the latency table on the backend and a proxy importance table, solves the DP, merges
-(exactly, verified), exports ONNX (checked against torch), and measures the original and the
-compressed model interleaved on the same backend, so the printed speed-up is honest.
+Measures the latency table on the backend and a proxy importance table (and, for the methods
+that prune, each chain's LayerMerge variant tables), solves the DP, merges (exactly, verified),
+exports ONNX (checked against torch), and measures the original and the compressed model
+interleaved on the same backend, so the printed speed-up is honest.
 """
 
 from __future__ import annotations
@@ -24,7 +26,27 @@ REPORT_KEYS = (
     "max_abs_error",
     "convs_before",
     "convs_after",
+    "method",
+    "pruned_convs",
 )
+
+#: ``depthfx.plan``'s methods (``depthfx.measure.layermerge_plan.METHODS``, not imported here:
+#: the CLI starts without torch).
+METHODS = ("icml23", "layermerge", "combined")
+
+
+def add_method_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--method``, shared by ``compile`` and ``bench --sweep`` (None when not given, so
+    ``bench`` can tell it apart; None means icml23)."""
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="icml23 (default): remove activations and merge (Kim et al., ICML 2023); "
+        "layermerge: also prune convs to the identity so merged kernels stop growing "
+        "(LayerMerge, ICML 2024); combined: both methods' options in one DP, never worse "
+        "than either on the same tables. layermerge and combined also time each chain's "
+        "pruned variants",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or 'fastest': the fastest configuration the tables allow",
     )
     budget.add_argument("--budget-ms", type=float, help="latency budget in milliseconds")
+    add_method_argument(p)
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable)")
@@ -83,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     model, example = load_model_and_input(args)
     options: dict[str, Any] = {
         "backend": args.backend,
+        "method": args.method or "icml23",
         "strided": args.strided,
         "latency_options": {
             "device": args.device,
@@ -117,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         "max_abs_error": report.max_abs_error,
         "convs_before": report.convs_before,
         "convs_after": report.convs_after,
+        "method": args.method or "icml23",
+        "pruned_convs": report.extra["pruned_convs"],
         "activations_before": report.activations_before,
         "activations_after": report.activations_after,
         "budget_ms": plan.budget_ms,
@@ -142,6 +168,7 @@ def format_report(result: dict[str, Any]) -> str:
     rows = [
         ("", "original", "compressed"),
         ("convs", str(result["convs_before"]), str(result["convs_after"])),
+        ("convs pruned", "", str(result["pruned_convs"])),
         (
             "activations in chains",
             str(result["activations_before"]),
@@ -152,7 +179,10 @@ def format_report(result: dict[str, Any]) -> str:
         ("budget (ms)", "", f"{result['budget_ms']:.3f}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"depthfx compile {result['model']} ({shape}, {result['backend']})"]
+    lines = [
+        f"depthfx compile {result['model']} ({shape}, {result['backend']}, method "
+        f"{result['method']})"
+    ]
     lines += [
         f"  {a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}".rstrip() for a, b, c in rows
     ]

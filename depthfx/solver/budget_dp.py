@@ -39,9 +39,9 @@ from depthfx.solver.importance_table import ExtendedImportanceTable, ImportanceT
 from depthfx.solver.latency_table import LatencyTable, OptimalLatencyTable
 from depthfx.solver.merge_pattern import optimal_merge_pattern
 
-#: Integer units the chain budget is divided into when the caller gives no ``prec``: fine
-#: enough that rounding moves a plan by about 0.05 % of the budget, coarse enough for
-#: millisecond solves.
+#: Integer units the original's chain time is divided into when ``depthfx.plan`` is given no
+#: ``prec`` (from the tables alone, so a budget and the minimum it reports share one
+#: discretisation): a unit is 0.05 % of that time, coarse enough for millisecond solves.
 BUDGET_UNITS = 2000
 
 

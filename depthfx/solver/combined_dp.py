@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from depthfx.errors import InfeasibleBudget, TableError
-from depthfx.solver.budget_dp import round7
+from depthfx.solver.budget_dp import min_budget, round7
 from depthfx.solver.importance_table import ExtendedImportanceTable
 from depthfx.solver.latency_table import OptimalLatencyTable
 from depthfx.solver.layermerge_tables import LayerMergeTable, Variant
@@ -231,17 +231,15 @@ def _reaches(chains: list[Cands], T: int) -> bool:
 
 def _min_feasible(chains: list[Cands], most: int, prec: float) -> float:
     """Smallest budget (in the table's unit) whose DP reaches the end: feasibility is monotone
-    in T (D(T, L) exists iff some path costs 1 … T), so bisect on T."""
+    in T (D(T, L) exists iff some path costs 1 … T), so bisect on T; then the smallest float
+    budget with that many units, so any smaller budget is infeasible."""
     lo, hi = 1, most + 1
     if not _reaches(chains, hi):
         raise TableError("no tiling of the chains into table rows")
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if _reaches(chains, mid) else (mid + 1, hi)
-    x = lo / prec
-    while int(x * prec) < lo:
-        x = math.nextafter(x, math.inf)
-    return x
+    return min_budget(lo, prec)
 
 
 __all__ = ["CombinedChain", "CombinedSolution", "Piece", "solve_combined"]
