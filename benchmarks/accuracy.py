@@ -12,15 +12,23 @@ downloaded), then
    the paper's way (spec §3.2: SGD, Nesterov, cosine, one epoch on a holdout-train split,
    Δ held-out top-1) as the reference, and the Spearman ρ of every cheap method against it:
    the Fisher proxy, the exact proxy, the proxy with BN re-estimation, the distillation method
-   (−KL and Δ top-1), with their times.
+   (−KL and Δ top-1), with their times;
+3. ``--cost-only``: what the methods cost on torchvision MobileNetV2 at 224×224 (random weights:
+   cost only, scores not used) on ``--cost-images`` Fashion-MNIST test images: the Fisher
+   proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
+   shard shares fewer heads than the whole table, so its extrapolation is an upper bound), and
+   on the same entries each whole network re-estimated and run alone (the implementation
+   before heads were shared); distillation on one entry at two step counts, extrapolated.
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
        [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
+       [--cost-only] [--cost-images 64] [--cost-every 25]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import time
 from pathlib import Path
@@ -36,6 +44,7 @@ from depthfx.errors import InfeasibleBudget
 from depthfx.finetune import as_loader, evaluate
 from depthfx.measure.importance import (
     entries_of,
+    entry_plan,
     fastest_merges,
     measure_importance,
 )
@@ -189,6 +198,59 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
         print(f"{name:<28} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
 
 
+def cost_table(args: argparse.Namespace) -> None:
+    """Part 3: the cost of each method on torchvision MobileNetV2 224×224 (module docstring)."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    x, n, every = torch.zeros(1, 3, 224, 224), args.cost_images, args.cost_every
+    xs, ys = load_dataset(f"fashion-mnist-test[:{n}]", input_shape=(3, 224, 224)).tensors
+    t0 = time.perf_counter()
+    cache = args.cache.with_name(f"{args.cache.name}-mbv2")
+    latency = LatencyTable.measure(model, x, backend="onnxruntime", threads=1, cache_dir=cache)
+    print(f"MobileNetV2 224: latency table {time.perf_counter() - t0:.0f} s", flush=True)
+    analysis = analyze(model, x, training=False)
+    keys, merges = entries_of(analysis), fastest_merges(analysis, latency)
+    n_all = len(keys)
+    rows: list[tuple[str, float, int]] = []
+
+    def table(name: str, shard: tuple[int, int] | None, **opts: Any) -> None:
+        t0 = time.perf_counter()
+        done = measure_importance(model, x, [(xs, ys)], analysis=analysis, latency=latency,
+                                  images=n, score="kl", shard=shard, progress=False,
+                                  **opts)  # fmt: skip
+        rows.append((name, time.perf_counter() - t0, len(done.scores)))
+        print(f"{name}: {rows[-1][1]:.0f} s for {rows[-1][2]} entries", flush=True)
+
+    table("proxy fisher", None)
+    table("proxy + BN re-est. (shared heads)", (0, every), bn_recalibration=True)
+    t0 = time.perf_counter()
+    sample = keys[::every]
+    with torch.no_grad():
+        for key in [None, *sample]:
+            net = depthfx.prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (x,))
+            depthfx.recalibrate_bn(net.to(memory_format=torch.channels_last), xs, batch_size=64)
+            net.eval()(xs.to(memory_format=torch.channels_last))
+    rows.append(("  the same, whole networks", time.perf_counter() - t0, len(sample)))
+    steps = sorted({max(2, args.distill_steps // 25), max(4, args.distill_steps // 10)})
+    seconds = []
+    for k in steps:
+        t0 = time.perf_counter()
+        measure_importance(model, x, (xs, ys), "distill", analysis=analysis, latency=latency,
+                           steps=k, batch_size=32, lr=0.01, shard=(n_all // 2, n_all),
+                           progress=False)  # fmt: skip
+        seconds.append(time.perf_counter() - t0)
+    per_step = (seconds[1] - seconds[0]) / (steps[1] - steps[0])
+    entry_s = seconds[0] + (args.distill_steps - steps[0]) * per_step
+    rows.append((f"distill {args.distill_steps} steps of 32 (1 entry)", entry_s, 1))
+    print(f"\ntorchvision MobileNetV2 224×224, {n} images, {n_all} entries, "
+          f"{torch.get_num_threads()} thread(s)")  # fmt: skip
+    print(f"{'method':<36} {'measured s':>10} {'entries':>7} {'whole table min':>16}")
+    for name, sec, done in rows:
+        whole = sec if done == n_all else sec * n_all / done
+        print(f"{name:<36} {sec:>10.1f} {done:>7} {whole / 60:>16.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sets, few entries and steps")
@@ -199,6 +261,9 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["0.75", "0.7", "0.6", "fastest"])
     p.add_argument("--skip-budgets", action="store_true")
     p.add_argument("--skip-rho", action="store_true")
+    p.add_argument("--cost-only", action="store_true", help="part 3 only (MobileNetV2 224)")
+    p.add_argument("--cost-images", type=int, default=64)
+    p.add_argument("--cost-every", type=int, default=25)
     p.add_argument("--cache", type=Path, default=Path("/tmp/depthfx-accuracy-latency"))
     args = p.parse_args()
     q = args.quick
@@ -207,6 +272,9 @@ def main() -> None:
     n_train, n_ht, n_hv, n_test = (6000, 3000, 1000, 2000) if q else (20000, 8000, 2000, 5000)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    if args.cost_only:
+        cost_table(args)
+        return
     train_set = load_dataset(f"fashion-mnist[:{n_train}]")
     xs, ys = load_dataset("fashion-mnist[50000:]").tensors
     sets = {
