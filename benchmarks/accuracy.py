@@ -11,8 +11,8 @@ downloaded), then
 2. on a random sample of table entries that merge at least two convs: each entry fine-tuned
    the paper's way (spec §3.2: SGD, Nesterov, cosine, one epoch on a holdout-train split,
    Δ held-out top-1) as the reference, and the Spearman ρ of every cheap method against it:
-   the Fisher proxy, the exact proxy, the proxy with BN re-estimation, the distillation method
-   (−KL and Δ top-1), with their times;
+   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (on 256, 64 and 32 of the
+   calibration images), the distillation method (−KL and Δ top-1), with their times;
 3. ``--cost-only``: what the methods cost on torchvision MobileNetV2 at 224×224 (random weights:
    cost only, scores not used) on ``--cost-images`` Fashion-MNIST test images: the Fisher
    proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
@@ -170,7 +170,10 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
     print(f"reference: {ref_s:.0f} s, Δ top-1 {sorted(round(t, 1) for t in truth)}", flush=True)
     rows: list[tuple[str, list[float], float, int]] = []
     for name, opts in (("proxy fisher", {}), ("proxy exact", {"estimate": "exact"}),
-                       ("proxy + BN re-est.", {"bn_recalibration": True})):  # fmt: skip
+                       ("proxy + BN re-est.", {"bn_recalibration": True}),
+                       ("proxy + BN re-est., 64 images", {"bn_recalibration": True, "images": 64}),
+                       ("proxy + BN re-est., 32 images",
+                        {"bn_recalibration": True, "images": 32})):  # fmt: skip
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
