@@ -18,17 +18,21 @@ downloaded), then
    proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
    shard shares fewer heads than the whole table, so its extrapolation is an upper bound), and
    on the same entries each whole network re-estimated and run alone (the implementation
-   before heads were shared); distillation on one entry at two step counts, extrapolated.
+   before heads were shared), interleaved ``--cost-rounds`` times; distillation on one entry at
+   two step counts, extrapolated. Wall and CPU seconds (1 thread: CPU time is the work, wall
+   time also the machine's load).
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
        [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
-       [--cost-only] [--cost-images 64] [--cost-every 25]
+       [--cost-only] [--cost-images 64] [--cost-every 25] [--cost-rounds 1]
+       [--cost-skip fisher distill]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -215,43 +219,52 @@ def cost_table(args: argparse.Namespace) -> None:
     analysis = analyze(model, x, training=False)
     keys, merges = entries_of(analysis), fastest_merges(analysis, latency)
     n_all = len(keys)
-    rows: list[tuple[str, float, int]] = []
+    rows: list[tuple[str, float, float, int]] = []  # name, wall s, CPU s, entries
 
-    def table(name: str, shard: tuple[int, int] | None, **opts: Any) -> None:
-        t0 = time.perf_counter()
+    def timed(name: str, run: Any) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = run()
+        rows.append((name, time.perf_counter() - t0, time.process_time() - c0, done))
+        print(f"{name}: {rows[-1][1]:.0f} s ({rows[-1][2]:.0f} s CPU), {done} entries", flush=True)
+
+    def table(shard: tuple[int, int] | None, **opts: Any) -> int:
         done = measure_importance(model, x, [(xs, ys)], analysis=analysis, latency=latency,
                                   images=n, score="kl", shard=shard, progress=False,
                                   **opts)  # fmt: skip
-        rows.append((name, time.perf_counter() - t0, len(done.scores)))
-        print(f"{name}: {rows[-1][1]:.0f} s for {rows[-1][2]} entries", flush=True)
+        return len(done.scores)
 
-    table("proxy fisher", None)
-    table("proxy + BN re-est. (shared heads)", (0, every), bn_recalibration=True)
-    t0 = time.perf_counter()
-    sample = keys[::every]
-    with torch.no_grad():
-        for key in [None, *sample]:
-            net = depthfx.prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (x,))
-            depthfx.recalibrate_bn(net.to(memory_format=torch.channels_last), xs, batch_size=64)
-            net.eval()(xs.to(memory_format=torch.channels_last))
-    rows.append(("  the same, whole networks", time.perf_counter() - t0, len(sample)))
-    steps = sorted({max(2, args.distill_steps // 25), max(4, args.distill_steps // 10)})
-    seconds = []
-    for k in steps:
-        t0 = time.perf_counter()
-        measure_importance(model, x, (xs, ys), "distill", analysis=analysis, latency=latency,
-                           steps=k, batch_size=32, lr=0.01, shard=(n_all // 2, n_all),
-                           progress=False)  # fmt: skip
-        seconds.append(time.perf_counter() - t0)
-    per_step = (seconds[1] - seconds[0]) / (steps[1] - steps[0])
-    entry_s = seconds[0] + (args.distill_steps - steps[0]) * per_step
-    rows.append((f"distill {args.distill_steps} steps of 32 (1 entry)", entry_s, 1))
+    def whole_networks() -> int:
+        with torch.no_grad():
+            for key in [None, *keys[::every]]:
+                net = depthfx.prepare(copy.deepcopy(model), entry_plan(analysis, key, merges),
+                                      (x,)).to(memory_format=torch.channels_last)  # fmt: skip
+                depthfx.recalibrate_bn(net, xs, batch_size=64)
+                net.eval()(xs.to(memory_format=torch.channels_last))
+        return len(keys[::every])
+
+    if "fisher" not in args.cost_skip:
+        timed("proxy fisher", lambda: table(None))
+    for _ in range(args.cost_rounds):  # interleaved: load changes hit both alike
+        timed("proxy + BN re-est. (shared heads)", lambda: table((0, every), bn_recalibration=True))
+        timed("  the same, whole networks", whole_networks)
+    if "distill" not in args.cost_skip:
+        steps = sorted({max(2, args.distill_steps // 25), max(4, args.distill_steps // 10)})
+        seconds = []
+        for k in steps:
+            t0 = time.process_time()
+            measure_importance(model, x, (xs, ys), "distill", analysis=analysis,
+                               latency=latency, steps=k, batch_size=32, lr=0.01,
+                               shard=(n_all // 2, n_all), progress=False)  # fmt: skip
+            seconds.append(time.process_time() - t0)
+        per_step = (seconds[1] - seconds[0]) / (steps[1] - steps[0])
+        entry_s = seconds[0] + (args.distill_steps - steps[0]) * per_step
+        rows.append((f"distill {args.distill_steps} steps of 32 (1 entry)", math.nan, entry_s, 1))
     print(f"\ntorchvision MobileNetV2 224×224, {n} images, {n_all} entries, "
           f"{torch.get_num_threads()} thread(s)")  # fmt: skip
-    print(f"{'method':<36} {'measured s':>10} {'entries':>7} {'whole table min':>16}")
-    for name, sec, done in rows:
-        whole = sec if done == n_all else sec * n_all / done
-        print(f"{name:<36} {sec:>10.1f} {done:>7} {whole / 60:>16.1f}")
+    print(f"{'method':<36} {'wall s':>8} {'CPU s':>8} {'entries':>7} {'table CPU min':>14}")
+    for name, sec, cpu, done in rows:
+        whole = cpu if done == n_all else cpu * n_all / done
+        print(f"{name:<36} {sec:>8.1f} {cpu:>8.1f} {done:>7} {whole / 60:>14.1f}")
 
 
 def main() -> None:
@@ -267,6 +280,8 @@ def main() -> None:
     p.add_argument("--cost-only", action="store_true", help="part 3 only (MobileNetV2 224)")
     p.add_argument("--cost-images", type=int, default=64)
     p.add_argument("--cost-every", type=int, default=25)
+    p.add_argument("--cost-rounds", type=int, default=1)
+    p.add_argument("--cost-skip", nargs="*", default=[], choices=["fisher", "distill"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/depthfx-accuracy-latency"))
     args = p.parse_args()
     q = args.quick
