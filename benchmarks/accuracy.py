@@ -11,16 +11,28 @@ downloaded), then
 2. on a random sample of table entries that merge at least two convs: each entry fine-tuned
    the paper's way (spec §3.2: SGD, Nesterov, cosine, one epoch on a holdout-train split,
    Δ held-out top-1) as the reference, and the Spearman ρ of every cheap method against it:
-   the Fisher proxy, the exact proxy, the proxy with BN re-estimation, the distillation method
-   (−KL and Δ top-1), with their times.
+   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (on 256, 64 and 32 of the
+   calibration images), the distillation method (−KL and Δ top-1), with their times;
+3. ``--cost-only``: what the methods cost on torchvision MobileNetV2 at 224×224 (random weights:
+   cost only, scores not used) on ``--cost-images`` Fashion-MNIST test images: the Fisher
+   proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
+   shard shares fewer heads than the whole table, so its extrapolation is an upper bound), and
+   on the same entries each whole network re-estimated and run alone (the implementation
+   before heads were shared), interleaved ``--cost-rounds`` times; distillation on one entry at
+   two step counts, extrapolated. Wall and CPU seconds (1 thread: CPU time is the work, wall
+   time also the machine's load).
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
        [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
+       [--cost-only] [--cost-images 64] [--cost-every 25] [--cost-rounds 1]
+       [--cost-skip fisher distill]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -36,6 +48,7 @@ from depthfx.errors import InfeasibleBudget
 from depthfx.finetune import as_loader, evaluate
 from depthfx.measure.importance import (
     entries_of,
+    entry_plan,
     fastest_merges,
     measure_importance,
 )
@@ -161,7 +174,10 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
     print(f"reference: {ref_s:.0f} s, Δ top-1 {sorted(round(t, 1) for t in truth)}", flush=True)
     rows: list[tuple[str, list[float], float, int]] = []
     for name, opts in (("proxy fisher", {}), ("proxy exact", {"estimate": "exact"}),
-                       ("proxy + BN re-est.", {"bn_recalibration": True})):  # fmt: skip
+                       ("proxy + BN re-est.", {"bn_recalibration": True}),
+                       ("proxy + BN re-est., 64 images", {"bn_recalibration": True, "images": 64}),
+                       ("proxy + BN re-est., 32 images",
+                        {"bn_recalibration": True, "images": 32})):  # fmt: skip
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
@@ -189,6 +205,68 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
         print(f"{name:<28} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
 
 
+def cost_table(args: argparse.Namespace) -> None:
+    """Part 3: the cost of each method on torchvision MobileNetV2 224×224 (module docstring)."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    x, n, every = torch.zeros(1, 3, 224, 224), args.cost_images, args.cost_every
+    xs, ys = load_dataset(f"fashion-mnist-test[:{n}]", input_shape=(3, 224, 224)).tensors
+    t0 = time.perf_counter()
+    cache = args.cache.with_name(f"{args.cache.name}-mbv2")
+    latency = LatencyTable.measure(model, x, backend="onnxruntime", threads=1, cache_dir=cache)
+    print(f"MobileNetV2 224: latency table {time.perf_counter() - t0:.0f} s", flush=True)
+    analysis = analyze(model, x, training=False)
+    keys, merges = entries_of(analysis), fastest_merges(analysis, latency)
+    n_all = len(keys)
+    rows: list[tuple[str, float, float, int]] = []  # name, wall s, CPU s, entries
+
+    def timed(name: str, run: Any) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = run()
+        rows.append((name, time.perf_counter() - t0, time.process_time() - c0, done))
+        print(f"{name}: {rows[-1][1]:.0f} s ({rows[-1][2]:.0f} s CPU), {done} entries", flush=True)
+
+    def table(shard: tuple[int, int] | None, **opts: Any) -> int:
+        done = measure_importance(model, x, [(xs, ys)], analysis=analysis, latency=latency,
+                                  images=n, score="kl", shard=shard, progress=False,
+                                  **opts)  # fmt: skip
+        return len(done.scores)
+
+    def whole_networks() -> int:
+        with torch.no_grad():
+            for key in [None, *keys[::every]]:
+                net = depthfx.prepare(copy.deepcopy(model), entry_plan(analysis, key, merges),
+                                      (x,)).to(memory_format=torch.channels_last)  # fmt: skip
+                depthfx.recalibrate_bn(net, xs, batch_size=64)
+                net.eval()(xs.to(memory_format=torch.channels_last))
+        return len(keys[::every])
+
+    if "fisher" not in args.cost_skip:
+        timed("proxy fisher", lambda: table(None))
+    for _ in range(args.cost_rounds):  # interleaved: load changes hit both alike
+        timed("proxy + BN re-est. (shared heads)", lambda: table((0, every), bn_recalibration=True))
+        timed("  the same, whole networks", whole_networks)
+    if "distill" not in args.cost_skip:
+        steps = sorted({max(2, args.distill_steps // 25), max(4, args.distill_steps // 10)})
+        seconds = []
+        for k in steps:
+            t0 = time.process_time()
+            measure_importance(model, x, (xs, ys), "distill", analysis=analysis,
+                               latency=latency, steps=k, batch_size=32, lr=0.01,
+                               shard=(n_all // 2, n_all), progress=False)  # fmt: skip
+            seconds.append(time.process_time() - t0)
+        per_step = (seconds[1] - seconds[0]) / (steps[1] - steps[0])
+        entry_s = seconds[0] + (args.distill_steps - steps[0]) * per_step
+        rows.append((f"distill {args.distill_steps} steps of 32 (1 entry)", math.nan, entry_s, 1))
+    print(f"\ntorchvision MobileNetV2 224×224, {n} images, {n_all} entries, "
+          f"{torch.get_num_threads()} thread(s)")  # fmt: skip
+    print(f"{'method':<36} {'wall s':>8} {'CPU s':>8} {'entries':>7} {'table CPU min':>14}")
+    for name, sec, cpu, done in rows:
+        whole = cpu if done == n_all else cpu * n_all / done
+        print(f"{name:<36} {sec:>8.1f} {cpu:>8.1f} {done:>7} {whole / 60:>14.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sets, few entries and steps")
@@ -199,6 +277,11 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["0.75", "0.7", "0.6", "fastest"])
     p.add_argument("--skip-budgets", action="store_true")
     p.add_argument("--skip-rho", action="store_true")
+    p.add_argument("--cost-only", action="store_true", help="part 3 only (MobileNetV2 224)")
+    p.add_argument("--cost-images", type=int, default=64)
+    p.add_argument("--cost-every", type=int, default=25)
+    p.add_argument("--cost-rounds", type=int, default=1)
+    p.add_argument("--cost-skip", nargs="*", default=[], choices=["fisher", "distill"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/depthfx-accuracy-latency"))
     args = p.parse_args()
     q = args.quick
@@ -207,6 +290,9 @@ def main() -> None:
     n_train, n_ht, n_hv, n_test = (6000, 3000, 1000, 2000) if q else (20000, 8000, 2000, 5000)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    if args.cost_only:
+        cost_table(args)
+        return
     train_set = load_dataset(f"fashion-mnist[:{n_train}]")
     xs, ys = load_dataset("fashion-mnist[50000:]").tensors
     sets = {

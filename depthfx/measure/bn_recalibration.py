@@ -67,8 +67,12 @@ def recalibrate_bn(
 
 
 def _inputs(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    """The input tensor of every batch of ``data`` (labels dropped)."""
-    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+    """The input tensor of every batch of ``data`` (labels dropped). Two tensors are an
+    (inputs, labels) pair when the second has fewer dimensions, else two batches of inputs."""
+    if (
+        isinstance(data, tuple | list) and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data) and data[1].dim() < data[0].dim()
+    ):  # fmt: skip
         data = data[0]
     if isinstance(data, torch.Tensor):
         yield from data.split(batch_size)

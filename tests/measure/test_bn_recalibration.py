@@ -52,6 +52,18 @@ def test_only_bn_buffers_change_and_modes_are_restored() -> None:
     assert int(model.b1.num_batches_tracked) == 4
 
 
+def test_two_batches_are_not_an_inputs_labels_pair() -> None:
+    """A list of two input batches is two batches; (inputs, labels) uses the inputs."""
+    batches = [torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * 2 + 1]
+    two, pair = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    depthfx.recalibrate_bn(two, batches)
+    assert int(two.num_batches_tracked) == 2
+    mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(two.running_mean, mean, atol=1e-6)
+    depthfx.recalibrate_bn(pair, (batches[1], torch.zeros(4, dtype=torch.long)))
+    assert torch.allclose(pair.running_mean, batches[1].mean((0, 2, 3)), atol=1e-6)
+
+
 def test_cumulative_average_of_the_batches() -> None:
     bn = nn.BatchNorm2d(3)
     batches = [torch.randn(4, 3, 5, 5) * s + s for s in (1.0, 2.0, 3.0)]

@@ -23,8 +23,9 @@ Methods (``measure_importance(method=...)``; registered with :func:`register_imp
   ``estimate="exact"`` (:mod:`.exact`) runs every entry's network to the output, grouped by the
   last merge boundary q <= st: the network up to position q is identical for all of them
   (checked node by node), so it runs once per batch and group, and each entry runs only from q
-  onward. ``bn_recalibration=True`` (:mod:`.recalibrated`) re-estimates each entry network's BN
-  statistics on the proxy's data first (and the base network's), then runs it whole.
+  onward (:mod:`.prefixes`). ``bn_recalibration=True`` (:mod:`.recalibrated`) re-estimates each
+  entry network's BN statistics on the proxy's data first (and the base network's), then runs
+  it to the output, sharing the heads the same way.
 * ``finetune`` (:mod:`.finetune`): the paper's experiment (spec §3.2): per entry a prepared
   copy, single-layer blocks re-initialised, fine-tuned with :func:`depthfx.finetune` (SGD,
   Nesterov, cosine per iteration), scored by the change in held-out top-1 (percentage points).

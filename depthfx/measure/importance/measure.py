@@ -76,7 +76,7 @@ def measure_importance(
     the cache folders without ``shard``).
 
     ``bn_recalibration`` (proxy): re-estimate every entry network's BN statistics on ``data``
-    before scoring it (the networks then run whole; ``estimate`` is not used).
+    before scoring it (the networks then run to the output; ``estimate`` is not used).
 
     ``latency``: the model's latency table. Each entry's network then has the merge groups a
     plan with its activations deploys (the fastest merge pattern, :func:`fastest_merges`)

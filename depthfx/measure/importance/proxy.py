@@ -7,7 +7,7 @@ percentage points when labels are given (exact estimate only). Two estimates:
 changed region and takes the rest of the network to second order from base-network gradients;
 ``estimate="exact"`` (:mod:`depthfx.measure.importance.exact`) runs every entry's network to the
 output. ``bn_recalibration=True`` (:mod:`depthfx.measure.importance.recalibrated`) re-estimates
-every entry's BN statistics on the proxy's data first and runs the networks whole.
+every entry's BN statistics on the proxy's data first and runs the networks to the output.
 """
 
 from __future__ import annotations

@@ -9,10 +9,18 @@ accuracy after fine-tuning (``benchmarks/accuracy.py`` measures by how much).
 
 How: the base network is re-estimated on the same batches as each entry's network, so an
 entry that changes nothing still scores exactly 0 and the score reflects the block, not the
-sample's noise. Each entry's network is a private copy of the eval capture (BN buffers are
-written), run whole on the proxy's batches; the scores are those of the exact proxy (−KL,
-−relative MSE, Δ top-1 with labels). BN cannot be folded beforehand, so this is slower than the
-Fisher proxy: about two full forward passes per entry and batch.
+sample's noise. The scores are those of the exact proxy (−KL, −relative MSE, Δ top-1 with
+labels). BN cannot be folded beforehand, so each entry costs two passes (re-estimation, then
+scoring) over its network from q on.
+
+Pattern → rewrite → why exact: entries sharing their network up to their last merge boundary q
+<= st (:mod:`.prefixes`) share its head; per group the head runs once per batch and pass, the
+tails of all entries on its values. Re-estimation is per BN layer a cumulative average over the
+batches of statistics computed from that layer's inputs alone, so the head's BN layers get the
+statistics each entry's whole network would give them, and in the re-estimation pass (BN in
+train mode, batch statistics) as in the scoring pass (eval) the head passes the tails the
+values the whole network computes. Every network runs on its own BN buffers (parameters are
+shared: nothing writes them), so the user's model and the other entries are untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from depthfx.measure.bn_recalibration import recalibrate_bn
 from depthfx.measure.importance.divergence import (
@@ -35,7 +43,9 @@ from depthfx.measure.importance.divergence import (
 from depthfx.measure.importance.entries import MergeRule, entry_plan
 from depthfx.measure.importance.methods import ImportanceResult
 from depthfx.measure.importance.networks import build_network
+from depthfx.measure.importance.prefixes import prefix_groups, split_group
 from depthfx.measure.importance.proxy_data import Batches, proxy_batches
+from depthfx.plans import Plan
 from depthfx.records import Analysis
 from depthfx.solver import ImportanceKey
 
@@ -53,25 +63,39 @@ def recalibrated_proxy(
     progress: bool,
 ) -> ImportanceResult:
     """Every entry's network, BN re-estimated on the proxy's batches, against the base network
-    re-estimated the same way (module docstring)."""
+    re-estimated the same way; entries sharing a prefix share its work (module docstring)."""
     from tqdm.auto import tqdm
 
     example = torch.zeros(analysis.example_shapes[0])
     batches, is_random = proxy_batches(data, example, images, batch_size, seed)
     batches = [(x.to(memory_format=torch.channels_last), y) for x, y in batches]
     labelled = batches[0][1] is not None
-    refs = _outputs(_recalibrated(analysis, None, merges, batches), batches)
+    gm = copy.deepcopy(analysis.graph_module).eval().requires_grad_(False)
+    analysis = dataclasses.replace(analysis, graph_module=gm.to(memory_format=torch.channels_last))
+    base = _network(analysis, entry_plan(analysis, None, merges))
+    recalibrate_bn(base, iter([x for x, _ in batches]))
+    refs = _outputs(base.eval(), batches)
     classifier = is_classifier(refs[0])
     score = check_score(score, classifier, labelled, "exact")
     base_correct = sum(
         int((r[0].argmax(1) == y).sum()) for r, (_, y) in zip(refs, batches, strict=True)
     ) if labelled and classifier else 0  # fmt: skip
+    plans = {k: entry_plan(analysis, k, merges) for k in keys}
     stats = {k: DivergenceSums() for k in keys}
-    for key in tqdm(keys, desc="importance (proxy, BN re-estimated)", unit="entry",
-                    disable=None if progress else True):  # fmt: skip
-        net = _recalibrated(analysis, key, merges, batches)
-        for (_, y), ref, out in zip(batches, refs, _outputs(net, batches), strict=True):
-            stats[key].add(ref, out, y)
+    bar = tqdm(total=len(keys), desc="importance (proxy, BN re-estimated)", unit="entry",
+               disable=None if progress else True)  # fmt: skip
+    with bar:
+        for group_key, group in prefix_groups(analysis, keys, plans).items():
+            nets = [_network(analysis, plans[k]) for k in group]
+            head_net = _network(analysis, plans[group[0]])
+            head, tails = split_group(analysis, group_key, nets, head_net)
+            recalibrate_bn(_Fanout(head, tails), iter([x for x, _ in batches]))
+            with torch.inference_mode():
+                for (x, y), ref in zip(batches, refs, strict=True):
+                    values = head(x)
+                    for key, tail in zip(group, tails, strict=True):
+                        stats[key].add(ref, output_tensors(tail(*values)), y)
+            bar.update(len(group))
     columns, metrics = score_columns(stats, score, classifier, labelled, base_correct)
     meta = {
         "method": "proxy",
@@ -88,14 +112,26 @@ def recalibrated_proxy(
     return ImportanceResult({k: metrics[k][0] for k in keys}, columns, metrics, meta)
 
 
-def _recalibrated(
-    analysis: Analysis, key: ImportanceKey | None, merges: MergeRule | None, batches: Batches
-) -> fx.GraphModule:
-    """The entry's eval-mode network on private module copies, BN re-estimated on ``batches``."""
-    own = copy.deepcopy(analysis.graph_module).to(memory_format=torch.channels_last)
-    plan = entry_plan(analysis, key, merges)
-    net = build_network(dataclasses.replace(analysis, graph_module=own), plan)
-    return recalibrate_bn(net, [x for x, _ in batches]).eval()
+class _Fanout(nn.Module):
+    """A group's head feeding every tail: one module, so ``recalibrate_bn`` re-estimates the
+    head's and all tails' BN layers in one pass over the batches."""
+
+    def __init__(self, head: fx.GraphModule, tails: list[fx.GraphModule]) -> None:
+        super().__init__()
+        self.head, self.tails = head, nn.ModuleList(tails)
+
+    def forward(self, x: torch.Tensor) -> None:
+        values = self.head(x)
+        for tail in self.tails:
+            tail(*values)
+
+
+def _network(analysis: Analysis, plan: Plan) -> fx.GraphModule:
+    """The plan's eval-mode network on a private copy of the capture's buffers (BN statistics
+    are written) sharing its parameters (read only)."""
+    gm = analysis.graph_module
+    own = copy.deepcopy(gm, memo={id(p): p for p in gm.parameters()})
+    return build_network(dataclasses.replace(analysis, graph_module=own), plan)
 
 
 def _outputs(net: fx.GraphModule, batches: Batches) -> list[list[torch.Tensor]]:

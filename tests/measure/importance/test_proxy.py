@@ -3,6 +3,8 @@ groups, and the scores each estimate can give."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,3 +110,29 @@ def test_proxy_with_bn_recalibration_on_trained_tiny() -> None:
     assert sum(table.scores[k] for k in changed) > sum(plain.scores[k] for k in changed)
     with pytest.raises(DepthFXError, match="needs data"):
         measure_importance(model, X1, None, analysis=analysis, bn_recalibration=True)
+
+
+def test_bn_recalibrated_proxy_is_each_whole_network_re_estimated(setup) -> None:
+    """Shared heads change nothing: every score is the KL of the entry's whole prepared
+    network, BN re-estimated on the same batches, against the base network re-estimated so."""
+    model, analysis = setup
+    latency = toy_latency(analysis)
+    merges = fastest_merges(analysis, latency)
+    x = digits()[0][1400:1496]
+    batches = list(x.split(32))  # three batches: the cumulative average spans batches
+    table = measure_importance(
+        model, X1, [x], analysis=analysis, score="kl", bn_recalibration=True, batch_size=32,
+        latency=latency, progress=False,
+    )  # fmt: skip
+
+    def recalibrated(key):
+        net = prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (X1,))
+        return depthfx.recalibrate_bn(net, iter(batches)).eval()
+
+    with torch.no_grad():
+        ref = F.log_softmax(recalibrated(None)(x), 1)
+        changed = [k for k, v in table.scores.items() if v != 0]
+        assert len(changed) >= 5
+        for key in changed:
+            kl = float((ref.exp() * (ref - F.log_softmax(recalibrated(key)(x), 1))).sum(1).mean())
+            assert table.scores[key] == pytest.approx(-kl, rel=1e-4, abs=1e-9)
