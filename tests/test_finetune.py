@@ -111,11 +111,11 @@ def test_channels_last_is_used_for_conv_nets_and_undone() -> None:
     x, y = _data()
     model = _model()
     depthfx.finetune(model, (x[:256], y[:256]), steps=2, batch_size=64, progress=False)
-    assert model.depthfx_finetune == {"memory_format": "channels_last"}
+    assert model.depthfx_finetune["memory_format"] == "channels_last"
     assert model[0].weight.is_contiguous()
     same = _model()
     depthfx.finetune(same, (x[:256], y[:256]), steps=2, batch_size=64, progress=False,
                      channels_last=False)  # fmt: skip
-    assert same.depthfx_finetune == {"memory_format": "contiguous"}
+    assert same.depthfx_finetune["memory_format"] == "contiguous"
     for a, b in zip(model.parameters(), same.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
