@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # torch is imported inside the functions: ``import depthfx`` 
 
 PathLike = str | os.PathLike[str]
 
+#: ``finetune``'s ``borders=`` values (``training_view``); "approximate" is not exact.
+BORDERS = ("exact", "full", "approximate")
+
 
 def as_loader(
     data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0
@@ -179,6 +182,8 @@ def finetune(
 
     from depthfx import data_parallel
 
+    if borders not in BORDERS:
+        raise DepthFXError(f"borders={borders!r}: use one of {', '.join(map(repr, BORDERS))}")
     group = data_parallel.join(_device_of(prepared))
     device = group.device if group is not None else _device_of(prepared)
     if channels_last is None:
@@ -266,8 +271,8 @@ def training_view(prepared: nn.Module, borders: str) -> tuple[nn.Module, int]:
     from depthfx.passes.trim_ring import ring_view
 
     views = {"exact": ring_view, "approximate": original_padding_view}
-    if borders not in (*views, "full"):
-        raise DepthFXError(f"borders={borders!r}: use 'exact', 'full' or 'approximate'")
+    if borders not in BORDERS:
+        raise DepthFXError(f"borders={borders!r}: use one of {', '.join(map(repr, BORDERS))}")
     if borders == "full" or not hasattr(prepared, PREPARED_ATTR):
         return prepared, 0
     return views[borders](prepared)
@@ -312,4 +317,12 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> tuple[float,
     return loss_sum / n, 100.0 * correct / n
 
 
-__all__ = ["as_loader", "cosine_lr", "evaluate", "finetune", "steps_per_epoch", "training_view"]
+__all__ = [
+    "BORDERS",
+    "as_loader",
+    "cosine_lr",
+    "evaluate",
+    "finetune",
+    "steps_per_epoch",
+    "training_view",
+]
