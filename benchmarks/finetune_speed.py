@@ -95,6 +95,45 @@ def step_times(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def group_costs(original: nn.Module, prepared: nn.Module, exact: nn.Module, size: int) -> None:
+    """Per multi-conv group: forward conv MFLOP (batch 1) of the original's convs, of the
+    prepared network's (enlarged maps) and of the exact view's (live boxes only)."""
+    from depthfx.passes.ring_ops import ring_conv
+
+    def flop(conv: nn.Conv2d, out_hw: tuple[int, int]) -> float:
+        kh, kw = conv.kernel_size
+        return out_hw[0] * out_hw[1] * conv.out_channels * conv.in_channels // conv.groups * kh * kw
+
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape[2:]))
+             for n, m in original.named_modules() if isinstance(m, nn.Conv2d)]  # fmt: skip
+    with torch.no_grad():
+        original.eval()(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    full = {n.target: n.meta["tensor_meta"].shape[2:] for n in prepared.graph.nodes
+            if n.op == "call_module" and "tensor_meta" in n.meta}  # fmt: skip
+    live = {}
+    for node in exact.graph.nodes:
+        if node.target is ring_conv:
+            name = node.args[2].target.rsplit(".", 1)[0]
+            conv = prepared.get_submodule(name)
+            (r0, r1), (c0, c1) = node.args[8]
+            span = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+            live[name] = ((r1 - r0 - span[0]) // conv.stride[0] + 1,
+                          (c1 - c0 - span[1]) // conv.stride[1] + 1)  # fmt: skip
+    print(f"  per group at {size}x{size}, forward conv MFLOP (batch 1):")
+    print(f"  {'group':>9} {'convs':>5} {'pad':>4} {'original':>9} {'full':>9} {'exact':>9}")
+    for g in prepared.depthfx_prepared.groups:
+        if len(g.convs) < 2:
+            continue
+        convs = [(c.module, prepared.get_submodule(c.module)) for c in g.convs]
+        cost = [sum(flop(m, where.get(n, full[n])) for n, m in convs) / 1e6
+                for where in (shapes, full, live)]  # fmt: skip
+        print(f"  {g.start:>4}-{g.end:<4} {len(convs):>5} {g.pad[0]:>4} "
+              + " ".join(f"{c:>9.1f}" for c in cost))  # fmt: skip
+
+
 def border_accuracy(steps: int, budget: float) -> None:
     """The approximate mode on a real task: ``benchmarks/accuracy.py``'s MobileNetV2-style CNN
     trained on Fashion-MNIST (28×28), a plan at ``budget`` of the synthetic tables, fine-tuned
@@ -137,7 +176,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="64,224")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="0: the per-group costs only")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.6)
     p.add_argument("--formats", default="contiguous,channels_last")
@@ -165,9 +204,10 @@ def main() -> None:
         plan = synthetic_plan(original, x1, args.budget)
         prepared = depthfx.prepare(original, plan, (x1,))
         views = {b: training_view(prepared, b)[0] for b in ("full", "exact", "approximate")}
+        group_costs(original, prepared, views["exact"], size)
         x = torch.randn(args.batch, 3, size, size)
         y = torch.randint(0, 1000, (args.batch,))
-        for compiled in (False, True) if args.compile else (False,):
+        for compiled in ((False, True) if args.compile else (False,)) if args.steps > 0 else ():
             for fmt_name in args.formats.split(","):
                 fmt = getattr(torch, fmt_name if fmt_name != "contiguous" else "contiguous_format")
                 original.to(memory_format=fmt)
