@@ -23,6 +23,27 @@ def layout(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+class _GradLayout(torch.autograd.Function):
+    """Identity whose gradient takes the memory format of the forward value: slicing a
+    channels-last map hands back contiguous gradients, which slow the conv backward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.layout = layout(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=ctx.layout)
+
+
+def keep_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x``, its gradient in ``x``'s memory format (channels-last maps only)."""
+    if layout(x) is torch.contiguous_format or not x.requires_grad:
+        return x
+    return _GradLayout.apply(x)
+
+
 @torch.fx.wrap
 def fill(live: torch.Tensor, const: torch.Tensor, box: Box, window: Box) -> torch.Tensor:
     """The map over ``window``: ``live`` inside ``box``, ``const`` elsewhere."""
@@ -63,7 +84,7 @@ def ring_conv(
     """An unpadded conv2d of a ring map: the live outputs from the input window ``read``, the
     ring as the conv of a patch of the input's constant."""
     window = fill(live, const, box, read).contiguous(memory_format=layout(live))
-    out = F.conv2d(window, weight, bias, stride, 0, dilation, groups)
+    out = keep_layout(F.conv2d(window, weight, bias, stride, 0, dilation, groups))
     span = (dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1)
     ring = F.conv2d(const.expand(-1, -1, *span), weight, bias, 1, 0, dilation, groups)
     return out, ring
