@@ -114,7 +114,7 @@ def group_costs(original: nn.Module, prepared: nn.Module, exact: nn.Module, size
     full = {n.target: n.meta["tensor_meta"].shape[2:] for n in prepared.graph.nodes
             if n.op == "call_module" and "tensor_meta" in n.meta}  # fmt: skip
     live = {}
-    for node in exact.graph.nodes:
+    for node in exact.graph_module.graph.nodes:
         if node.target is ring_conv:
             name = node.args[2].target.rsplit(".", 1)[0]
             conv = prepared.get_submodule(name)

@@ -153,10 +153,11 @@ def finetune(
     """Fine-tune ``prepared`` in place with the paper's recipe; returns it in eval mode.
 
     ``channels_last`` (None: when the network has 2-d convs) trains in the channels-last memory
-    format, returning the network in the default one; ``prepared.depthfx_finetune`` records
-    what was used. Measured on CPU (``benchmarks/finetune_speed.py``, MobileNetV2 64×64):
-    a training step 1.2× faster for the original, 2× for a prepared network, whose maps inside
-    merge groups are enlarged by the moved padding.
+    format, returning the network in the default one. Measured on CPU
+    (``benchmarks/finetune_speed.py``, MobileNetV2, 64×64 and 224×224): a training step as fast
+    or faster in channels-last for the original and for every ``borders`` mode.
+    ``prepared.depthfx_finetune`` records what was used: ``memory_format``, ``borders`` and
+    ``rewritten`` (the convs, or groups, the training view changed).
 
     ``borders`` (prepared networks; ``training_view``): "exact" trains a view that skips the
     constant ring of the enlarged maps inside merge groups (same function and gradients, fp32

@@ -21,7 +21,8 @@ input, whose value is the constant c, so its value is conv(c); BN's statistics o
 are the pairwise combination of those of the box and of the ring. The view computes the
 prepared network's function, gradients and BN running statistics up to fp32 summation order,
 so training it trains the prepared network, and ``convert`` of that network stays exact. The
-boxes are derived for the planned input size; at any other size the view refuses to run.
+boxes are derived for the planned input size; at any other size the view runs the prepared
+network itself.
 """
 
 from __future__ import annotations
@@ -42,15 +43,25 @@ from depthfx.plans import PlanError
 _ADDS = (operator.add, torch.add)
 
 
-@torch.fx.wrap
-def check_size(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``x`` if it has the planned shape (but any batch): the view's boxes depend on it."""
-    if tuple(x.shape[1:]) != size:
-        raise PlanError(
-            f"the ring-skipping view was built for inputs of shape (N, {', '.join(map(str, size))})"
-            f", not {tuple(x.shape)}: fine-tune with borders='full' at other sizes"
+class RingView(nn.Module):
+    """Runs the ring-map graph on inputs of the planned shape (any batch size), the prepared
+    network itself on any other: the boxes are only known for the planned size."""
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        prepared: fx.GraphModule,
+        shapes: Sequence[Sequence[int]],
+    ) -> None:
+        super().__init__()
+        self.graph_module, self.prepared = graph_module, prepared
+        self.shapes = tuple(tuple(s[1:]) for s in shapes)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        planned = len(inputs) == len(self.shapes) and all(
+            tuple(x.shape[1:]) == s for x, s in zip(inputs, self.shapes, strict=True)
         )
-    return x
+        return (self.graph_module if planned else self.prepared)(*inputs)
 
 
 class _RingView:
@@ -90,11 +101,6 @@ class _RingView:
             self.set_ring(node, live, graph.call_function(zero_ring, (live,)), _zero_pad(node))
             return
         if src in self.ring and self._visit_ring(node, src, args):
-            return
-        if node.op == "placeholder":
-            self.full[node] = graph.node_copy(node)
-            size = tuple(node.meta["tensor_meta"].shape[1:])
-            self.full[node] = graph.call_function(check_size, (self.full[node], size))
             return
         self.full[node] = graph.node_copy(node, self.tensor)
 
@@ -151,7 +157,7 @@ class _RingView:
         return False
 
 
-def ring_view(prepared: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+def ring_view(prepared: fx.GraphModule) -> tuple[nn.Module, int]:
     """A GraphModule computing ``prepared``'s function on ring maps inside its groups, sharing
     its modules; and the number of convs it rewrote (0: the view is ``prepared`` itself)."""
     info = getattr(prepared, PREPARED_ATTR, None)
@@ -171,7 +177,8 @@ def ring_view(prepared: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         setattr(root, name, getattr(prepared, name))
     for name, module in builder.modules.items():
         setattr(root, name, module)
-    return fx.GraphModule(root, builder.graph, class_name="RingView"), builder.rewritten
+    graph_module = fx.GraphModule(root, builder.graph, class_name="RingGraph")
+    return RingView(graph_module, prepared, info.example_shapes), builder.rewritten
 
 
 def conv_window(box: Box, size: Box, conv: nn.Conv2d) -> tuple[Box, Box]:
@@ -247,4 +254,4 @@ def _unpadded_conv(gm: fx.GraphModule, node: fx.Node) -> nn.Conv2d | None:
     return module
 
 
-__all__ = ["check_size", "conv_window", "ring_view"]
+__all__ = ["RingView", "conv_window", "ring_view"]

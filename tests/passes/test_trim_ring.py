@@ -19,7 +19,6 @@ from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.passes.ring_ops import fill, ring_conv
 from depthfx.passes.trim_ring import conv_window, ring_view
-from depthfx.plans import PlanError
 from depthfx.testing import InvertedResidual, merge_everything_plan, random_plan, randomize_bn
 
 
@@ -124,15 +123,19 @@ def test_view_equals_prepared_in_train_and_eval(plan_seed: int | None) -> None:
         assert rewritten > 0
 
 
-def test_other_input_sizes_are_refused() -> None:
+def test_other_input_sizes_run_the_prepared_network() -> None:
     _, model, x = _models()[0]
     plan = merge_everything_plan(analyze(model.eval(), (x[:1],)))
-    prepared = prepare(model, plan, (x[:1],)).eval()
+    prepared = prepare(model, plan, (x[:1],)).double().eval()
     view, n = ring_view(prepared)
     assert n > 0
-    view(torch.randn(5, 3, 24, 24))  # any batch size
-    with pytest.raises(PlanError, match="borders='full'"):
-        view(torch.randn(2, 3, 40, 36))
+    calls = []
+    view.graph_module.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        for shape in ((5, 3, 24, 24), (2, 3, 40, 36)):  # any batch; another size
+            x = torch.randn(shape, dtype=torch.float64)
+            torch.testing.assert_close(view(x), prepared(x), rtol=1e-10, atol=1e-10)
+    assert calls == [1]  # the ring graph ran for the planned size only
 
 
 def test_finetuned_through_the_view_converts_exactly() -> None:
