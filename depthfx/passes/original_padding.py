@@ -83,7 +83,7 @@ def border_error(
     prepared: fx.GraphModule, view: nn.Module, inputs: torch.Tensor
 ) -> tuple[float, float]:
     """(max |prepared − view|, max |prepared|) of the outputs on ``inputs``, in eval mode: the
-    error merging an approximately trained network brings (:mod:`module docstring <.>`)."""
+    error that merging a network trained through ``view`` brings (module docstring)."""
     was = prepared.training
     prepared.eval()
     try:
