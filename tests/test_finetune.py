@@ -111,11 +111,49 @@ def test_channels_last_is_used_for_conv_nets_and_undone() -> None:
     x, y = _data()
     model = _model()
     depthfx.finetune(model, (x[:256], y[:256]), steps=2, batch_size=64, progress=False)
-    assert model.depthfx_finetune == {"memory_format": "channels_last"}
+    assert model.depthfx_finetune["memory_format"] == "channels_last"
     assert model[0].weight.is_contiguous()
     same = _model()
     depthfx.finetune(same, (x[:256], y[:256]), steps=2, batch_size=64, progress=False,
                      channels_last=False)  # fmt: skip
-    assert same.depthfx_finetune == {"memory_format": "contiguous"}
+    assert same.depthfx_finetune["memory_format"] == "contiguous"
     for a, b in zip(model.parameters(), same.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _prepared_digits_net() -> tuple[nn.Module, torch.Tensor]:
+    """A prepared 8×8 conv net whose one merge group (4 convs) pads its input by 4."""
+    from depthfx.passes.analyze import analyze
+    from depthfx.testing import merge_everything_plan
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for cin in (1, 8, 8, 8):
+        layers += [nn.Conv2d(cin, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10)).eval()
+    x = torch.zeros(1, 1, 8, 8)
+    return depthfx.prepare(model, merge_everything_plan(analyze(model, (x,))), (x,)), x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_exact_borders_train_like_the_full_prepared_network(channels_last: bool) -> None:
+    """borders="exact" (the default) trains the prepared network to the same weights and BN
+    statistics as training it as is; it rewrote convs, so the test compares two code paths.
+    In float64: in fp32 the two trajectories drift apart by rounding as fast as those of the
+    prepared network in the two memory formats do."""
+    x, y = _data()
+    nets = {}
+    for borders in ("full", "exact"):
+        nets[borders] = _prepared_digits_net()[0].double()
+        depthfx.finetune(nets[borders], (x[:192].double(), y[:192]), steps=4, batch_size=64,
+                         lr=0.05, borders=borders, channels_last=channels_last,
+                         progress=False)  # fmt: skip
+    assert nets["exact"].depthfx_finetune["borders"] == "exact"
+    assert nets["exact"].depthfx_finetune["rewritten"] == 2  # convs 1, 2 read a ring (3, 4 none)
+    assert nets["full"].depthfx_finetune["rewritten"] == 0
+    full, exact = nets["full"].state_dict(), nets["exact"].state_dict()
+    assert any(
+        not torch.equal(v, _prepared_digits_net()[0].state_dict()[k]) for k, v in full.items()
+    )
+    for key, value in full.items():
+        torch.testing.assert_close(exact[key], value, rtol=1e-9, atol=1e-12, msg=key)

@@ -1,0 +1,151 @@
+"""trim_ring: ring_conv equals a plain conv on maps with a constant ring; the ring-skipping
+view computes the prepared network's outputs, gradients and BN statistics (float64, train and
+eval mode), and a network fine-tuned through it converts exactly."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import depthfx
+from depthfx.models import load_model
+from depthfx.passes.analyze import analyze
+from depthfx.passes.convert import convert
+from depthfx.passes.prepare import prepare
+from depthfx.passes.ring_ops import fill, ring_conv
+from depthfx.passes.trim_ring import conv_window, ring_view
+from depthfx.testing import InvertedResidual, merge_everything_plan, random_plan, randomize_bn
+
+
+def _ring_map(rng: random.Random, size: tuple[int, int], channels: int) -> tuple:
+    """A float64 map (2 samples) random inside a random box, a per-(sample, channel)
+    constant outside it; and the box."""
+    box = []
+    for extent in size:
+        lo = rng.randint(0, extent - 1)
+        box.append((lo, rng.randint(lo + 1, extent)))
+    x = torch.randn(2, channels, 1, 1, dtype=torch.float64).expand(2, channels, *size).clone()
+    (r0, r1), (c0, c1) = box
+    x[:, :, r0:r1, c0:c1] = torch.randn(2, channels, r1 - r0, c1 - c0, dtype=torch.float64)
+    return x, ((r0, r1), (c0, c1))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ring_conv_equals_plain_conv(seed: int) -> None:
+    rng = random.Random(seed)
+    groups = rng.choice([1, 2, 4])
+    cin, cout = 4 * rng.randint(1, 2), 4 * rng.randint(1, 2)
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), 1)
+    size = (rng.randint(8, 20), rng.randint(8, 20))
+    conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5).double()
+    x, box = _ring_map(rng, size, cin)
+    (r0, r1), (c0, c1) = box
+    const = x[:, :, :1, :1].clone() if (r0, c0) != (0, 0) else x[:, :, -1:, -1:].clone()
+    if box == ((0, size[0]), (0, size[1])):
+        const = torch.zeros_like(const)  # no ring: any constant will do
+    read, live = conv_window(box, ((0, size[0]), (0, size[1])), conv)
+    params = (conv.weight, conv.bias, conv.stride, conv.dilation, conv.groups)
+    out, ring = ring_conv(x[:, :, r0:r1, c0:c1], const, *params, box, read)
+    want = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    whole = ((0, want.shape[2]), (0, want.shape[3]))
+    torch.testing.assert_close(fill(out, ring, live, whole), want, rtol=1e-12, atol=1e-12)
+    # the live box is tight enough to matter: outside it the reference is the one constant
+    (o0, o1), (p0, p1) = live
+    outside = torch.ones(want.shape[2:], dtype=torch.bool)
+    outside[o0:o1, p0:p1] = False
+    if outside.any() and box != ((0, size[0]), (0, size[1])):
+        values = want[:, :, outside]
+        torch.testing.assert_close(values, ring[:, :, 0].expand_as(values), rtol=0, atol=1e-12)
+
+
+def _net() -> nn.Module:
+    """Strided, dilated, grouped convs and identity residuals, BN everywhere."""
+
+    def cbr(cin: int, cout: int, k: int, s: int = 1, d: int = 1, g: int = 1) -> list[nn.Module]:
+        pad = d * (k // 2)
+        return [nn.Conv2d(cin, cout, k, s, pad, d, g, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU()]  # fmt: skip
+
+    return nn.Sequential(
+        *cbr(3, 8, 3, 2), InvertedResidual(8, 2), *cbr(8, 8, 3, 1, 2, 2), *cbr(8, 16, 3, 2),
+        InvertedResidual(16, 2), *cbr(16, 16, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 5),
+    )  # fmt: skip
+
+
+def _models() -> list[tuple[str, nn.Module, torch.Tensor]]:
+    torch.manual_seed(0)
+    return [
+        ("net", randomize_bn(_net()), torch.randn(3, 3, 24, 24)),
+        ("resnet18", randomize_bn(load_model("torchvision:resnet18")), torch.randn(2, 3, 32, 32)),
+    ]
+
+
+def _outputs_and_grads(net: nn.Module, params: list[torch.Tensor], x: torch.Tensor) -> tuple:
+    out = net(x)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    return out, torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("plan_seed", [None, 0, 1, 2, 3])  # odd seeds also prune convs
+def test_view_equals_prepared_in_train_and_eval(plan_seed: int | None) -> None:
+    rewritten = 0
+    for name, model, x in _models():
+        analysis = analyze(model.eval(), (x[:1],))
+        if plan_seed is None:
+            plan = merge_everything_plan(analysis)
+        else:
+            plan = random_plan(analysis, plan_seed, keep_prob=0.3, prune_prob=0.3 * (plan_seed % 2))
+        prepared = prepare(model, plan, (x[:1],)).double()
+        view, n = ring_view(prepared)
+        rewritten += n
+        params = list(prepared.parameters())
+        for training in (True, False):
+            prepared.train(training)
+            state = copy.deepcopy(prepared.state_dict())
+            want, want_grads = _outputs_and_grads(prepared, params, x.double())
+            after = copy.deepcopy(prepared.state_dict())
+            prepared.load_state_dict(state)
+            got, got_grads = _outputs_and_grads(view, params, x.double())
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
+            scale = max(w.abs().max().item() for w in want_grads)  # some are 0 up to rounding
+            for g, w in zip(got_grads, want_grads, strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10 * scale)
+            for key, value in prepared.state_dict().items():  # BN running statistics
+                torch.testing.assert_close(value, after[key], rtol=1e-9, atol=1e-12, msg=key)
+    if plan_seed is None:
+        assert rewritten > 0
+
+
+def test_other_input_sizes_run_the_prepared_network() -> None:
+    _, model, x = _models()[0]
+    plan = merge_everything_plan(analyze(model.eval(), (x[:1],)))
+    prepared = prepare(model, plan, (x[:1],)).double().eval()
+    view, n = ring_view(prepared)
+    assert n > 0
+    calls = []
+    view.graph_module.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        for shape in ((5, 3, 24, 24), (2, 3, 40, 36)):  # any batch; another size
+            x = torch.randn(shape, dtype=torch.float64)
+            torch.testing.assert_close(view(x), prepared(x), rtol=1e-10, atol=1e-10)
+    assert calls == [1]  # the ring graph ran for the planned size only
+
+
+def test_finetuned_through_the_view_converts_exactly() -> None:
+    _, model, x = _models()[0]
+    plan = merge_everything_plan(analyze(model.eval(), (x[:1],)))
+    prepared = prepare(model, plan, (x[:1],))
+    data = (torch.randn(64, 3, 24, 24), torch.randint(0, 5, (64,)))
+    depthfx.finetune(prepared, data, steps=3, batch_size=16, lr=0.01, progress=False)
+    assert prepared.depthfx_finetune["borders"] == "exact"
+    assert prepared.depthfx_finetune["rewritten"] > 0
+    merged = convert(prepared, plan, (x[:1],))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), prepared(x), rtol=1e-4, atol=1e-5)
