@@ -53,8 +53,11 @@ def fastest_plan(model: torch.nn.Module, x: torch.Tensor, opts: dict[str, Any]) 
 
 
 def fastest_from(model: torch.nn.Module, x: torch.Tensor, opts: dict[str, Any]) -> Any:
-    """The smallest feasible plan found from 1% of the original (a grid the solver can hold):
-    the minimum that budget's infeasibility reports, nudged up while it moves."""
+    """The smallest feasible plan found from 1% of the original, on a grid of about 2000 units
+    over the whole original (the default grid follows the budget: at 1% the combined DP's
+    minimum search holds 200k units per position, gigabytes): the minimum that budget's
+    infeasibility reports, nudged up while it moves."""
+    opts = {"prec": 2000 / opts["latency"].meta["original_chain_ms"], **opts}
     try:
         return depthfx.plan(model, x, 0.01, **opts)
     except InfeasibleBudget as err:
@@ -148,7 +151,9 @@ def main() -> None:
         t_imp = time.perf_counter() - t0 - t_lat
         analysis = analyze(model, (x,), training=False)
         var_path = stem.with_suffix(".variants.pkl")
-        if var_path.is_file():  # written by this script: the joined tables of an earlier run
+        if args.methods == ["icml23"]:  # no variant tables needed
+            variants = {}
+        elif var_path.is_file():  # written by this script: the joined tables of an earlier run
             variants = pickle.loads(var_path.read_bytes())
         else:
             variants = variant_tables(
