@@ -17,6 +17,7 @@ except efficientnet_lite0 (see ``end_to_end.py``), so the proxy's scores are nea
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 import warnings
 from pathlib import Path
@@ -120,15 +121,27 @@ def main() -> None:
         importance.write_json(imp_path)
         t_imp = time.perf_counter() - t0 - t_lat
         analysis = analyze(model, (x,), training=False)
-        variants = variant_tables(
-            model, (x,), data, analysis,
-            latency_options={"threads": args.threads, "cache_dir": args.cache / "timings"},
-            importance_options={"estimate": args.estimate, "images": args.images},
-        )  # fmt: skip
+        var_path = stem.with_suffix(".variants.pkl")
+        if args.methods == ["icml23"]:  # no variant tables needed
+            variants = {}
+        elif var_path.is_file():  # written by this script: the joined tables of an earlier run
+            variants = pickle.loads(var_path.read_bytes())
+        else:
+            variants = variant_tables(
+                model, (x,), data, analysis,
+                latency_options={"threads": args.threads, "cache_dir": args.cache / "timings"},
+                importance_options={"estimate": args.estimate, "images": args.images},
+            )  # fmt: skip
+            var_path.write_bytes(pickle.dumps(variants))
         t_var = time.perf_counter() - t0 - t_lat - t_imp
+        lat_meta = [t.meta["latency"] for t in variants.values()]
         n_var = sum(len(t.variants) for t in variants.values())
+        n_all = sum(m.get("variants", 0) for m in lat_meta)
+        n_out = sum(len(m.get("bounded", ())) + len(m.get("skipped", ())) for m in lat_meta)
+        t_vlat = sum(m.get("build_s", 0.0) for m in lat_meta)
         print(f"# {name} ({weights}): tables {t_lat:.0f} s latency, {t_imp:.0f} s importance, "
-              f"{t_var:.0f} s for {n_var} variants")  # fmt: skip
+              f"{t_var:.0f} s for {n_var} of {n_all} variants ({t_vlat:.0f} s of it timing, "
+              f"{n_out} bounded or skipped)", flush=True)  # fmt: skip
         for method in args.methods:
             opts = {"latency": latency, "importance": importance, "method": method,
                     "variants": variants, "data": data}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -36,3 +37,35 @@ def test_one_row_per_variant_and_cache_resume(tmp_path: Path) -> None:
     assert table.meta["timed_now"] == table.meta["unique_shapes"] > 0
     again = measure_layermerge_latency(net, x, analysis=analysis, protocol=FAST, cache_dir=tmp_path)
     assert again.meta["timed_now"] == 0 and again.rows == table.rows
+
+
+def deep_net() -> nn.Module:
+    """Ten 3×3 16→16 convs: merging many of them gives kernels up to 19×19, whose MACs grow
+    quadratically while their singles' grow linearly, so the long variants are dominated."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    for _ in range(9):
+        layers += [nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    return nn.Sequential(*layers).eval()
+
+
+def test_bounding_drops_only_variants_slower_than_their_kept_singles() -> None:
+    net, x = deep_net(), torch.randn(1, 3, 16, 16)
+    analysis = analyze(net, (x,))
+    full = measure_layermerge_latency(net, x, analysis=analysis, protocol=FAST, bound=False)
+    table = measure_layermerge_latency(net, x, analysis=analysis, protocol=FAST)
+    assert full.meta["bounded"] == [] and len(full.rows) == full.meta["variants"]
+    parsed = [json.loads(f"[{name}]") for name in table.meta["bounded"]]
+    bounded = {(st, end, tuple(kept)) for st, end, kept in parsed}
+    assert bounded, "the test net must have dominated variants"
+    # Raw times (net + the per-call overhead) of the unbounded table.
+    raw = {
+        (k[0], k[1], tuple(kept)): t + full.meta["call_overhead_ms"] for k, kept, t, _ in full.rows
+    }
+    kept_rows = {(k[0], k[1], tuple(kept)) for k, kept, _, _ in table.rows}
+    for st, end, kept in bounded:
+        assert (st, end, kept) not in kept_rows  # left out, not costed
+        assert len(kept) > 1
+        singles = sum(raw[p - 1, p, (p,)] for p in kept)
+        assert raw[st, end, kept] > singles, (st, end, kept)
+    assert kept_rows | bounded == set(raw)
