@@ -114,12 +114,14 @@ def run_one(executor: str, args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def workload(convs: int, width: int, steps: int = 60) -> float:
-    """Seconds of one fixed training workload on one torch thread (the ceiling's unit)."""
+def workload(convs: int, width: int, start: float, steps: int = 60) -> float:
+    """Seconds of one fixed training workload on one torch thread (the ceiling's unit), begun
+    at wall time ``start`` so that copies started together overlap only in their workloads."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = cnn(convs, width)
     x, y = digits()
+    time.sleep(max(0.0, start - time.time()))
     t0 = time.perf_counter()
     for step in range(steps):
         idx = slice(64 * (step % 20), 64 * (step % 20 + 1))
@@ -129,9 +131,10 @@ def workload(convs: int, width: int, steps: int = 60) -> float:
 
 def ceiling(args: argparse.Namespace) -> tuple[float, float, float]:
     """(alone s, together s, ceiling): the workload alone, then ``workers`` copies at once."""
-    argv = [sys.executable, __file__, *sys.argv[1:], "--run", "workload"]
 
     def run(copies: int) -> float:
+        argv = [sys.executable, __file__, *sys.argv[1:], "--run", "workload",
+                "--start", str(time.time() + 15)]  # fmt: skip
         procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
         return max(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
 
@@ -149,9 +152,10 @@ def main() -> None:
     p.add_argument("--executors", default="serial,processes,ray")
     p.add_argument("--run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--start", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run == "workload":
-        print(workload(args.convs, args.width))
+        print(workload(args.convs, args.width, args.start))
         return
     if args.run is not None:
         print(json.dumps(run_one(args.run, args)))
