@@ -9,8 +9,11 @@ parallel region (measured on 2 busy cores, MobileNetV2 224×224, 2 threads: spin
 batch 1 and 130–180 ms at batch 8 in its slow state, against 10 ms / 50–100 ms without; on an
 idle machine the two are within ~15%), so tables and baselines would flip between speed
 states. ``spinning=True`` is there for dedicated machines; it is in the fingerprint, so tables
-of the two policies never mix. Providers are always explicit and verified
-after session creation, because ORT silently falls back to CPU when an EP fails to load. On
+of the two policies never mix. With one thread on CPU, runs are timed by the thread's CPU time
+(``clock="auto"``, :mod:`depthfx.backends.timing`), so other processes on the machine do not
+inflate them; ``clock="wall"`` times the wall clock (the clock is in the fingerprint too).
+Providers are always explicit and verified after session creation, because ORT silently falls
+back to CPU when an EP fails to load. On
 GPU the inputs live on the device (OrtValue + IO binding) and the outputs are bound to
 pre-allocated device buffers, so a timed run includes no host↔device copies.
 """
@@ -27,6 +30,7 @@ import onnx
 import onnxruntime as ort
 
 from depthfx.backends.base import Runnable, check_device, collect_fingerprint, register_backend
+from depthfx.backends.timing import clock_name, cpu_block_clock
 from depthfx.errors import DepthFXError
 
 #: The execution providers each ``provider`` choice asks for, in priority order.
@@ -117,6 +121,7 @@ class OnnxRuntimeBackend:
         dynamic_batch: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
+        clock: str = "auto",
     ) -> None:
         self.device = check_device(device)
         self.provider = provider or device
@@ -139,6 +144,10 @@ class OnnxRuntimeBackend:
         self.dynamic_batch = dynamic_batch
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.seed = seed
+        cpu_block_clock(clock, threads)  # validates early
+        if clock == "cpu" and self.device != "cpu":
+            raise DepthFXError("clock='cpu' times CPU work; GPU runs are timed by the wall clock")
+        self.clock = clock
 
     def session_options(self) -> ort.SessionOptions:
         """Every latency-relevant option set explicitly (see :meth:`ort_options`)."""
@@ -218,6 +227,7 @@ class OnnxRuntimeBackend:
     def prepare(self, model: Any, example_inputs: Sequence[Any] | None = None) -> Runnable:
         sess = self.session(_model_bytes(model, example_inputs, self.dynamic_batch))
         feeds = _feeds(sess, example_inputs, self.batch, self.seed)
+        block_clock = cpu_block_clock(self.clock, self.threads) if self.device == "cpu" else None
         fingerprint = collect_fingerprint(
             "onnxruntime",
             self.device,
@@ -227,12 +237,14 @@ class OnnxRuntimeBackend:
             providers=sess.get_providers(),
             ort_options=self.ort_options(),
             device_id=self.device_id,
+            clock=clock_name(block_clock),
         )
         if self.device == "cpu":
             return Runnable(
                 call=lambda: sess.run(None, feeds),
                 outputs=lambda: list(sess.run(None, feeds)),
                 fingerprint=fingerprint,
+                clock=block_clock,
             )
         return self._bound(sess, feeds, fingerprint)
 

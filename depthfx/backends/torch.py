@@ -4,7 +4,8 @@ Runs under ``torch.inference_mode`` on a private eval-mode copy of the model (th
 module is never moved, cast or switched to eval). On CUDA, blocks are timed with CUDA events
 on the current stream; compilation happens in :meth:`TorchBackend.prepare`, never inside the
 timed warm-up. CPU thread count is process-global in torch: ``threads`` sets it and the
-fingerprint records it.
+fingerprint records it. On one CPU thread blocks are timed by the thread's CPU time
+(``clock="auto"``, see :mod:`depthfx.backends.timing`); ``clock="wall"`` times the wall clock.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from depthfx.backends.base import Runnable, check_device, collect_fingerprint, register_backend
-from depthfx.backends.timing import CudaEventClock
+from depthfx.backends.timing import CudaEventClock, clock_name, cpu_block_clock
 from depthfx.errors import DepthFXError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,8 +44,13 @@ class TorchBackend:
         threads: int | None = 1,
         precision: str = "fp32",
         device_id: int = 0,
+        clock: str = "auto",
     ) -> None:
         self.device = check_device(device)
+        cpu_block_clock(clock, threads or 1)  # validates early; threads=None is checked later
+        if clock == "cpu" and device != "cpu":
+            raise DepthFXError("clock='cpu' times CPU work; CUDA runs are timed by CUDA events")
+        self.clock = clock
         if device == "cuda" and not torch.cuda.is_available():
             raise DepthFXError("device='cuda' requested but torch sees no CUDA GPU")
         if precision not in DTYPES:
@@ -84,6 +90,7 @@ class TorchBackend:
 
         call()  # compiles (torch.compile) and initialises kernels outside the timed region
         cuda = self.device == "cuda"
+        clock = CudaEventClock() if cuda else cpu_block_clock(self.clock, torch.get_num_threads())
         return Runnable(
             call=call,
             outputs=lambda: _host(call()),
@@ -96,7 +103,8 @@ class TorchBackend:
                 device_id=self.device_id,
                 compile="inductor" if self.compile else "eager",
                 compile_mode=self.mode,
+                clock=clock_name(clock),
             ),
             synchronize=(lambda: torch.cuda.synchronize(dev)) if cuda else None,
-            clock=CudaEventClock() if cuda else None,
+            clock=clock,
         )

@@ -33,6 +33,7 @@ DOCUMENTED_KEYS = {
     "input_shape",
     "ort_options",
     "providers",
+    "clock",
 }
 
 
@@ -85,6 +86,7 @@ def test_runs_onnx_file_times_and_fingerprints(resnet18_onnx: Path, resnet18: nn
     assert fp["ort_options"]["intra_op_num_threads"] == 1
     assert fp["input_shape"] == [[2, 3, 64, 64]]
     assert fp["batch"] == 2
+    assert fp["clock"] == "thread_cpu"  # one CPU thread: timed by its CPU time
     assert Fingerprint.from_json(fp.to_json()) == fp
 
 
@@ -106,8 +108,21 @@ def test_fingerprint_mismatch_names_keys_and_force_passes() -> None:
     with pytest.raises(FingerprintMismatch, match="threads") as err:
         one.check_compatible(two)
     assert "ort_options" in str(err.value)
-    assert set(one.diff(two)) == {"threads", "ort_options"}
+    assert set(one.diff(two)) == {"threads", "ort_options", "clock"}  # 2 threads: wall clock
     one.check_compatible(two, force=True)
     changed = Fingerprint(dict(one), device_name="Other GPU", gpu_clocks_mhz="1")
     assert list(one.diff(changed)) == ["device_name"]  # clocks are volatile, never compared
     assert "onnxruntime/cpu" in one.summary()
+
+
+def test_clock_choice_reaches_runnable_and_fingerprint() -> None:
+    from depthfx.backends.timing import ThreadCpuClock
+
+    model = conv_block_model(8, 8, 3, (16, 16), pads=1, activation="relu")
+    auto = get_backend("onnxruntime").prepare(model)
+    wall = get_backend("onnxruntime", clock="wall").prepare(model)
+    assert isinstance(auto.clock, ThreadCpuClock) and auto.fingerprint["clock"] == "thread_cpu"
+    assert wall.clock is None and wall.fingerprint["clock"] == "wall"
+    assert auto.fingerprint.diff(wall.fingerprint) == {"clock": ("thread_cpu", "wall")}
+    with pytest.raises(DepthFXError, match="one thread"):
+        get_backend("onnxruntime", threads=2, clock="cpu")

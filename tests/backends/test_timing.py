@@ -128,3 +128,38 @@ def test_measure_real_clock_positive() -> None:
     t = measure(lambda: sum(range(100)), warmup_s=0.01, blocks=3, block_s=0.002)
     assert t.median_ms > 0
     assert math.isfinite(t.iqr_ms)
+
+
+def test_thread_cpu_clock_ignores_time_the_thread_does_not_compute() -> None:
+    """Sleeping stands for being descheduled: the wall clock counts it, thread CPU time not."""
+    import time
+
+    def nap() -> None:
+        time.sleep(0.02)
+
+    def spin() -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.01:
+            pass
+
+    cpu = timing.ThreadCpuClock()
+    assert measure(nap, warmup_s=0, blocks=3, n_per_block=1, clock=cpu).median_ms < 5
+    assert measure(nap, warmup_s=0, blocks=3, n_per_block=1).median_ms >= 19
+    assert measure(spin, warmup_s=0, blocks=3, n_per_block=1, clock=cpu).median_ms >= 9.5
+
+
+@pytest.mark.parametrize(
+    ("choice", "threads", "expected"),
+    [("auto", 1, "thread_cpu"), ("auto", 2, "wall"), ("wall", 1, "wall"), ("cpu", 1, "thread_cpu")],
+)
+def test_cpu_block_clock_choice(choice: str, threads: int, expected: str) -> None:
+    assert timing.clock_name(timing.cpu_block_clock(choice, threads)) == expected
+
+
+def test_cpu_block_clock_rejects_bad_choices() -> None:
+    from depthfx.errors import DepthFXError
+
+    with pytest.raises(DepthFXError, match="one thread"):
+        timing.cpu_block_clock("cpu", 2)
+    with pytest.raises(DepthFXError, match="clock must be one of"):
+        timing.cpu_block_clock("tsc", 1)
