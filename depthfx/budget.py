@@ -28,7 +28,6 @@ from depthfx.measure.prediction import LatencyModel, latency_model
 from depthfx.plans import ChainPlan, solution_chains
 from depthfx.records import Analysis
 from depthfx.solver import (
-    BUDGET_UNITS,
     FASTEST,
     ImportanceTable,
     LatencyTable,
@@ -36,6 +35,7 @@ from depthfx.solver import (
     Solution,
     solve,
     solve_fastest,
+    units_per_ms,
 )
 
 
@@ -134,8 +134,7 @@ def infeasible(model_ms: LatencyModel, budget_ms: float, chain_minimum: float) -
 
 
 def default_prec(model_ms: LatencyModel) -> float:
-    """Units per ms that give the original's chain time exactly BUDGET_UNITS integer units
-    (int() truncates a product that rounds an ulp low, so the quotient is nudged up)."""
+    """Units per ms that give the original's chain time exactly BUDGET_UNITS integer units."""
     span = model_ms.chain_budget(model_ms.end_to_end_ms)
     if not (math.isfinite(span) and span > 0):
         raise DepthFXError(
@@ -143,10 +142,7 @@ def default_prec(model_ms: LatencyModel) -> float:
             f"({model_ms.end_to_end_ms:.4g} ms end to end, {model_ms.fixed_ms:.4g} ms fixed): "
             "pass prec= (latency units per ms) explicitly"
         )
-    prec = BUDGET_UNITS / span
-    while int(span * prec) < BUDGET_UNITS:
-        prec = math.nextafter(prec, math.inf)
-    return prec
+    return units_per_ms(span)
 
 
 def with_margin(chain_ms: float) -> float:

@@ -48,7 +48,7 @@ from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
 from depthfx.plans import Plan, solution_chains
 from depthfx.records import Analysis
-from depthfx.solver import BUDGET_UNITS, ImportanceTable, LatencyTable, solve
+from depthfx.solver import ImportanceTable, LatencyTable, solve, units_per_ms
 
 
 def fit_calibration(
@@ -104,7 +104,7 @@ def calibration_plans_for(analysis: Analysis, table: LatencyTable, n: int) -> li
         raise DepthFXError(f"calibration_plans must be >= 1, got {n}")
     imp = activation_importance(analysis)
     original = _original_chain_ms(table)
-    prec = BUDGET_UNITS / original
+    prec = units_per_ms(original)
     try:  # DP2 reports the smallest feasible chain budget when a zero budget does not fit
         fastest = solve(table, imp, 0.0, prec=prec).time
     except InfeasibleBudget as err:

@@ -11,7 +11,14 @@ single-stage DP (``layermerge_dp``: :func:`solve_layermerge`); ``combined_dp``
 """
 
 from depthfx.blocks import extended_blocks, is_valid_block, valid_blocks
-from depthfx.solver.budget_dp import BUDGET_UNITS, ChainSolution, Solution, round7, solve
+from depthfx.solver.budget_dp import (
+    BUDGET_UNITS,
+    ChainSolution,
+    Solution,
+    round7,
+    solve,
+    units_per_ms,
+)
 from depthfx.solver.combined_dp import CombinedChain, CombinedSolution, solve_combined
 from depthfx.solver.extend_importance import extend_importance
 from depthfx.solver.fastest import FASTEST, solve_fastest
@@ -73,5 +80,6 @@ __all__ = [
     "solve_combined",
     "solve_fastest",
     "solve_layermerge",
+    "units_per_ms",
     "valid_blocks",
 ]

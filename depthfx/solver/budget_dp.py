@@ -45,6 +45,15 @@ from depthfx.solver.merge_pattern import optimal_merge_pattern
 BUDGET_UNITS = 2000
 
 
+def units_per_ms(original_ms: float) -> float:
+    """The ``prec`` that gives a chain time of ``original_ms`` exactly BUDGET_UNITS integer
+    units (int() truncates a product that rounds an ulp low, so the quotient is nudged up)."""
+    prec = BUDGET_UNITS / original_ms
+    while int(original_ms * prec) < BUDGET_UNITS:
+        prec = math.nextafter(prec, math.inf)
+    return prec
+
+
 @dataclass(frozen=True)
 class ChainSolution:
     """One chain's part of a solution: A, S (sorted, 0 excluded) and its DP blocks."""
