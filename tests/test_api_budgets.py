@@ -173,3 +173,25 @@ def test_fastest_plans_the_fastest_configuration(setup) -> None:
     assert merged.depthfx_report.extra["method"] == "icml23"
     with pytest.raises(DepthFXError, match="fastest"):
         depthfx.plan(model, (x,), "fast", latency=lat, importance=imp)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_blocks_alone_above_the_whole_model_still_predict_the_original(setup, method) -> None:
+    """Blocks timed alone summing to more than the whole model (fixed_ms < 0) are scaled down
+    in proportion: the original is predicted as measured (taking fixed_ms as 0 would predict
+    it at the singles' sum), and plans keep within their budget under that model."""
+    from depthfx.budget import table_latency_model
+
+    model, x, analysis = setup
+    tables = {**_tables(analysis, 0, calibrated=False), "method": method}
+    meta = tables["latency"].meta
+    singles = meta["end_to_end_ms"] - meta["fixed_ms"]
+    meta["end_to_end_ms"], meta["fixed_ms"] = 0.9 * singles, -0.1 * singles
+    with pytest.warns(UserWarning, match="scale the blocks by 0.9"):
+        predicted = table_latency_model(tables["latency"])
+    assert predicted.predict(singles) == pytest.approx(0.9 * singles)
+    assert predicted.scale == pytest.approx(0.9) and predicted.fixed_ms == 0
+    for budget in (1.0, 0.6):
+        with pytest.warns(UserWarning, match="scale the blocks"):
+            plan = depthfx.plan(model, (x,), budget, **tables)
+        assert plan.predicted_ms <= budget * 0.9 * singles * 1.01  # floor discretisation slack

@@ -7,8 +7,10 @@ A plan's *chain time* is the raw table time of its merge groups, :func:`chain_ms
                 fixed_ms        = end_to_end_ms − Σ_chains Σ_p T(p − 1, p)
     calibrated: predicted(plan) = c_fixed + scale · Σ_chains Σ_{merge groups (i, j)} T(i, j)
 
-Both predict the original (single convs everywhere) as its measured ``end_to_end_ms``, so a
-budget fraction of the original means what it says. The calibrated model holds when the table
+(a raw table with ``fixed_ms`` < 0 — blocks alone cost more than the whole model — predicts
+``end_to_end_ms / Σ singles · Σ T`` instead). All predict the original (single convs
+everywhere) as its measured ``end_to_end_ms``, so a budget fraction of the original means what
+it says. The calibrated model holds when the table
 has a fit in ``meta["calibration"]`` (:mod:`depthfx.measure.calibration`), the raw one
 otherwise. Because scale > 0, ``c_fixed + scale·ΣT ≤ budget`` ⇔ ``ΣT ≤ (budget −
 c_fixed)/scale`` (:meth:`LatencyModel.chain_budget`): the DP runs on the raw entries with a
@@ -89,7 +91,9 @@ class LatencyModel:
 
 def latency_model(table: LatencyTable) -> LatencyModel:
     """The calibrated model when ``meta["calibration"]`` holds a fit, else the raw one
-    (scale 1, ``meta["fixed_ms"]``)."""
+    (scale 1, ``meta["fixed_ms"]``); a raw table whose blocks alone sum to more than the whole
+    model (``fixed_ms`` < 0) scales them by end_to_end / Σ singles instead, which still
+    predicts the original exactly (:func:`depthfx.budget.table_latency_model` says why)."""
     meta = table.meta
     cal = meta.get("calibration")
     if isinstance(cal, Mapping) and cal.get("status") == "fitted":
@@ -110,4 +114,7 @@ def latency_model(table: LatencyTable) -> LatencyModel:
             f"{table.source}: no end_to_end_ms/fixed_ms in meta (measured without end_to_end, "
             "or read from the paper's CSV format)"
         )
-    return LatencyModel(float(meta["end_to_end_ms"]), float(meta["fixed_ms"]), 1.0, False)
+    total, fixed = float(meta["end_to_end_ms"]), float(meta["fixed_ms"])
+    if fixed < 0:  # the blocks alone cost more than the whole model: scale them down
+        return LatencyModel(total, 0.0, total / (total - fixed), False)
+    return LatencyModel(total, fixed, 1.0, False)

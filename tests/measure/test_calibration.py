@@ -248,9 +248,15 @@ def test_opt_out_keeps_the_raw_model(
     table = _calibrated(net, x, own, monkeypatch, never, calibrate=False)
     assert "calibration" not in table.meta
     model = latency_model(table)
-    assert not model.calibrated and model.scale == 1.0
     plan = random_plan(analyze(net, (x,)), 2)
-    assert predict_ms(table, plan) == pytest.approx(table.meta["fixed_ms"] + chain_ms(table, plan))
+    fixed, total = table.meta["fixed_ms"], table.meta["end_to_end_ms"]
+    assert not model.calibrated
+    if fixed >= 0:  # the raw additive model
+        assert model.scale == 1.0
+        assert predict_ms(table, plan) == pytest.approx(fixed + chain_ms(table, plan))
+    else:  # blocks alone cost more than the whole model: scaled through the original
+        scaled = total / (total - fixed) * chain_ms(table, plan)
+        assert predict_ms(table, plan) == pytest.approx(scaled)
 
 
 def test_degenerate_measurement_falls_back_to_the_raw_model_with_a_warning(

@@ -29,11 +29,19 @@ def test_prediction_of_a_merged_plan_sums_its_groups_entries(
     assert merged != pytest.approx(singles)  # else the checks below could not tell them apart
     assert chain_ms(table, plan) == pytest.approx(merged, rel=1e-12)
 
-    # The raw model: the measured outside part plus the groups' entries.
+    # The raw model: the outside part plus the groups' entries (the measured outside part is
+    # checked, then set: at this size it may be negative, which the next check covers).
     meta = {k: v for k, v in table.meta.items() if k != "calibration"}
-    raw = LatencyTable.from_entries(t, meta=meta)
     assert meta["fixed_ms"] == pytest.approx(meta["end_to_end_ms"] - singles, rel=1e-12)
+    meta |= {"end_to_end_ms": singles + 0.5, "fixed_ms": 0.5}
+    raw = LatencyTable.from_entries(t, meta=meta)
     assert predict_ms(raw, plan) == pytest.approx(meta["fixed_ms"] + merged, rel=1e-12)
+    # Blocks alone above the whole model: scaled by end_to_end / Σ singles, original exact.
+    over = LatencyTable.from_entries(
+        t, meta={**meta, "end_to_end_ms": 0.8 * singles, "fixed_ms": -0.2 * singles}
+    )
+    assert predict_ms(over, plan) == pytest.approx(0.8 * merged, rel=1e-12)
+    assert predict_ms(over, Plan(chains=())) == pytest.approx(0.8 * singles, rel=1e-12)
     assert predict_ms(raw, plan) - predict_ms(raw, Plan(chains=())) == pytest.approx(
         merged - singles, rel=1e-9
     )
