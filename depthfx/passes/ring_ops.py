@@ -82,11 +82,25 @@ def ring_conv(
     read: Box,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An unpadded conv2d of a ring map: the live outputs from the input window ``read``, the
-    ring as the conv of a patch of the input's constant."""
-    window = fill(live, const, box, read).contiguous(memory_format=layout(live))
-    out = keep_layout(F.conv2d(window, weight, bias, stride, 0, dilation, groups))
+    ring as the conv of a patch of the input's constant.
+
+    Where ``read`` extends the box by a padding the conv can take (per axis: equal on both
+    sides, or less after than before, the extra outputs dropped), conv is linear: the window is
+    (live − c) zero-padded plus c everywhere, so the outputs are the padded conv of live − c
+    plus the ring value, without building the window (a copy forward, a slice backward)."""
     span = (dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1)
     ring = F.conv2d(const.expand(-1, -1, *span), weight, bias, 1, 0, dilation, groups)
+    pads = [(b[0] - r[0], r[1] - b[1]) for b, r in zip(box, read, strict=True)]
+    if all(0 <= after <= before for before, after in pads):
+        # live + (−c): c's gradient is a sum of the map's, not a negated copy of it first
+        out = F.conv2d(live + -const, weight, None, stride, (pads[0][0], pads[1][0]),
+                       dilation, groups).add_(ring)  # fmt: skip
+        rows, cols = ((r1 - r0 - k) // s + 1 for (r0, r1), k, s in zip(read, span, stride))
+        if (rows, cols) != tuple(out.shape[2:]):
+            out = out[:, :, :rows, :cols].contiguous(memory_format=layout(live))
+        return keep_layout(out), ring
+    window = fill(live, const, box, read).contiguous(memory_format=layout(live))
+    out = keep_layout(F.conv2d(window, weight, bias, stride, 0, dilation, groups))
     return out, ring
 
 
@@ -118,36 +132,96 @@ class RingBatchNorm(nn.Module):
             momentum = bn.momentum
             factor = 1.0 / float(bn.num_batches_tracked) if momentum is None else momentum
         if bn.training or bn.running_mean is None:
-            mean, var = self._batch_stats(live, const, ring, factor)
-        else:
-            mean, var = bn.running_mean, bn.running_var
-        scale = torch.rsqrt(var + bn.eps)
+            live_out, const_out, mean, var = _RingBatchNormFn.apply(
+                live, const, bn.weight, bn.bias, ring, bn.eps
+            )
+            if bn.training and bn.track_running_stats and bn.running_mean is not None:
+                count = live.shape[0] * (live.shape[2] * live.shape[3] + ring)
+                with torch.no_grad():
+                    bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                    unbiased = var * (count / max(count - 1, 1))
+                    bn.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+            return live_out, const_out
+        scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
-        shift = -mean * scale if bn.bias is None else bn.bias - mean * scale
+        shift = -bn.running_mean * scale if bn.bias is None else bn.bias - bn.running_mean * scale
         scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
-        return torch.addcmul(shift, live, scale), torch.addcmul(shift, const, scale)
+        return (live * scale).add_(shift), torch.addcmul(shift, const, scale)
 
-    def _batch_stats(
-        self, live: torch.Tensor, const: torch.Tensor, ring: int, factor: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and biased variance over the whole map, the live box's sums plus the counted
-        ring's, in two passes (mean, then squared deviations: a one-pass sum of squares loses
-        fp32 precision in the gradients; ``var_mean`` costs several times more on CPU);
-        updates the running statistics in train mode."""
-        bn = self.bn
+
+class _RingBatchNormFn(torch.autograd.Function):
+    """Batch-statistics BN of a ring map with a hand-written backward: the standard BN
+    gradient over the whole map, its sums split into the box's and the counted ring's. Fused
+    native reductions (``batch_norm_update_stats``, ``native_batch_norm_backward``) and in-place
+    per-channel affines replace an autograd graph of broadcast ops, which cost several times
+    native BN on CPU (channels-last above all)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        live: torch.Tensor,
+        const: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        ring: int,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n = live.shape[0]
-        count = n * (live.shape[2] * live.shape[3] + ring)
-        mean = (live.sum((0, 2, 3)) + ring * const.sum((0, 2, 3))) / count
-        m = mean.view(1, -1, 1, 1)
-        d, dc = live - m, const - m
-        var = ((d * d).sum((0, 2, 3)) + ring * (dc * dc).sum((0, 2, 3))) / count
-        if bn.training and bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                bn.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                unbiased = var.detach() * (count / max(count - 1, 1))
-                bn.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-        return mean, var
+        n_box, n_ring = n * live.shape[2] * live.shape[3], n * ring
+        count = n_box + n_ring
+        mean, var = torch.batch_norm_update_stats(live, None, None, 0.0)  # over the box, biased
+        if ring:  # the ring's statistics joined pairwise (Chan et al.): no cancellation
+            c = const.reshape(n, -1)
+            mean_r, var_r = c.mean(0), c.var(0, correction=0)
+            delta = mean_r - mean
+            mean = mean + delta * (n_ring / count)
+            var = (var * n_box + var_r * n_ring + delta * delta * (n_box * n_ring / count)) / count
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        s4, b4 = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+        ctx.save_for_backward(live, const, weight, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.ring, ctx.count, ctx.eps = ring, count, eps
+        return (live * s4).add_(b4), const * s4 + b4, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx,
+        grad: torch.Tensor | None,
+        grad_const: torch.Tensor | None,
+        *_: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, ...]:
+        live, const, weight, mean, invstd = ctx.saved_tensors
+        ring, count = ctx.ring, ctx.count
+        if grad is None:
+            grad = torch.zeros_like(live)
+        if grad_const is None:
+            grad_const = torch.zeros_like(const)
+        grad = grad.contiguous(memory_format=layout(live))
+        # box sums: Σ dy·(x − μ)·invstd and Σ dy, fused
+        _, dot, total = torch.ops.aten.native_batch_norm_backward(
+            grad, live, None, None, None, mean, invstd, True, ctx.eps, [False, True, True]
+        )
+        m4, i4 = mean.view(1, -1, 1, 1), invstd.view(1, -1, 1, 1)
+        const_hat = (const - m4) * i4
+        g_ring = grad_const.sum((0, 2, 3))  # the ring's positions, summed by the consumers
+        total = total + g_ring
+        dot = dot + (grad_const * const_hat).sum((0, 2, 3))
+        a = invstd if weight is None else invstd * weight
+        # dx = a·(dy − Σdy/M − x̂·Σdy·x̂/M) = a·dy + b·x + k, per channel
+        b = -a * dot * invstd / count
+        k = -a * total / count - b * mean
+        grad_live = (live * b.view(1, -1, 1, 1)).addcmul_(grad, a.view(1, -1, 1, 1))
+        grad_live.add_(k.view(1, -1, 1, 1))
+        a4 = a.view(1, -1, 1, 1)
+        grad_c = a4 * (grad_const - (total * (ring / count)).view(1, -1, 1, 1)
+                       - const_hat * (dot * (ring / count)).view(1, -1, 1, 1))  # fmt: skip
+        grad_w = dot if weight is not None and ctx.needs_input_grad[2] else None
+        grad_b = total if ctx.needs_input_grad[3] else None
+        return grad_live, grad_c, grad_w, grad_b, None, None
 
 
 __all__ = ["Box", "RingBatchNorm", "fill", "layout", "ring_add", "ring_conv", "zero_ring"]
