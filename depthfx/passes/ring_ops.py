@@ -1,10 +1,16 @@
 """The ops of the ring-skipping training view (:mod:`depthfx.passes.trim_ring`).
 
-A "ring map" is a map of a prepared network's merge group kept as its live box (a tensor over
-the box, in the map's coordinates) and its ring constant (N×C×1×1: the value everywhere outside
-the box). Each op here computes the ring map of its output from those of its inputs, exactly:
-conv, BN (batch statistics over the whole map, ring included), add, crop; ``fill`` turns a ring
-map back into a tensor over any window.
+A "ring map" is a map of a prepared network's merge group kept as its ring constant ``c``
+(N×C×1×1: the value everywhere outside a live box) and its delta ``d`` over the box (a tensor,
+in the map's coordinates: the map minus ``c``, zero outside the box). Each op here computes the
+ring map of its output from those of its inputs, exactly: conv, BN (batch statistics over the
+whole map, ring included), add, crop; ``fill`` turns a ring map back into a tensor over any
+window.
+
+Why deltas: conv and BN are affine, so a conv's delta is the zero-padded conv (no bias) of its
+input's delta and BN's is the delta times BN's scale; the constant takes the bias and the
+shift. A chain of ring ops then runs its convs on the deltas as they are, with no per-op
+elementwise pass to add or subtract the constants.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ Box = tuple[tuple[int, int], tuple[int, int]]
 
 
 def layout(x: torch.Tensor) -> torch.memory_format:
-    """The memory format of ``x`` (channels-last maps stay channels-last)."""
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    """The memory format of ``x``, read from its strides so that a slice of a channels-last
+    map counts as channels-last."""
+    channels_last = x.dim() == 4 and x.stride(1) < x.stride(3)
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -44,23 +51,33 @@ def keep_layout(x: torch.Tensor) -> torch.Tensor:
     return _GradLayout.apply(x)
 
 
+def _pads(box: Box, window: Box) -> list[int]:
+    """F.pad's (left, right, top, bottom) taking a map over ``box`` to ``window`` (negative:
+    crop)."""
+    (r0, r1), (c0, c1) = box
+    (w0, w1), (v0, v1) = window
+    return [c0 - v0, v1 - c1, r0 - w0, w1 - r1]
+
+
 @torch.fx.wrap
-def fill(live: torch.Tensor, const: torch.Tensor, box: Box, window: Box) -> torch.Tensor:
-    """The map over ``window``: ``live`` inside ``box``, ``const`` elsewhere."""
+def window_delta(delta: torch.Tensor, box: Box, window: Box) -> torch.Tensor:
+    """The delta over ``window``: ``delta`` inside ``box``, zero elsewhere."""
     if window == box:
-        return live
+        return delta
     (r0, r1), (c0, c1) = box
     (w0, w1), (v0, v1) = window
     if r0 <= w0 and w1 <= r1 and c0 <= v0 and v1 <= c1:
-        return live[:, :, w0 - r0 : w1 - r0, v0 - c0 : v1 - c0]
-    n, ch = live.shape[:2]
-    out = const.expand(n, ch, w1 - w0, v1 - v0).clone(memory_format=layout(live))
-    i0, i1, j0, j1 = max(r0, w0), min(r1, w1), max(c0, v0), min(c1, v1)
-    if i1 > i0 and j1 > j0:
-        out[:, :, i0 - w0 : i1 - w0, j0 - v0 : j1 - v0] = live[
-            :, :, i0 - r0 : i1 - r0, j0 - c0 : j1 - c0
-        ]
-    return out
+        return delta[:, :, w0 - r0 : w1 - r0, v0 - c0 : v1 - c0]
+    if max(r0, w0) >= min(r1, w1) or max(c0, v0) >= min(c1, v1):  # disjoint
+        return delta.new_zeros(delta.shape[0], delta.shape[1], w1 - w0, v1 - v0)
+    out = F.pad(delta, _pads(box, window))
+    return out.contiguous(memory_format=layout(delta))
+
+
+@torch.fx.wrap
+def fill(delta: torch.Tensor, const: torch.Tensor, box: Box, window: Box) -> torch.Tensor:
+    """The map over ``window``: ``const`` plus ``delta`` inside ``box``."""
+    return window_delta(delta, box, window) + const
 
 
 @torch.fx.wrap
@@ -71,7 +88,7 @@ def zero_ring(x: torch.Tensor) -> torch.Tensor:
 
 @torch.fx.wrap
 def ring_conv(
-    live: torch.Tensor,
+    delta: torch.Tensor,
     const: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -81,27 +98,22 @@ def ring_conv(
     box: Box,
     read: Box,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An unpadded conv2d of a ring map: the live outputs from the input window ``read``, the
-    ring as the conv of a patch of the input's constant.
-
-    Where ``read`` extends the box by a padding the conv can take (per axis: equal on both
-    sides, or less after than before, the extra outputs dropped), conv is linear: the window is
-    (live − c) zero-padded plus c everywhere, so the outputs are the padded conv of live − c
-    plus the ring value, without building the window (a copy forward, a slice backward)."""
+    """An unpadded conv2d of a ring map: the output constant is the conv of a patch of the
+    input's (bias included), the delta over the live outputs the conv without bias of the
+    input delta over ``read``. Where ``read`` extends the box by a padding the conv takes (per
+    axis: equal on both sides, or less after than before, the extra outputs dropped), the conv
+    pads the delta itself: no window is built (a copy forward, a slice backward)."""
     span = (dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1)
     ring = F.conv2d(const.expand(-1, -1, *span), weight, bias, 1, 0, dilation, groups)
     pads = [(b[0] - r[0], r[1] - b[1]) for b, r in zip(box, read, strict=True)]
-    if all(0 <= after <= before for before, after in pads):
-        # live + (−c): c's gradient is a sum of the map's, not a negated copy of it first
-        out = F.conv2d(live + -const, weight, None, stride, (pads[0][0], pads[1][0]),
-                       dilation, groups).add_(ring)  # fmt: skip
-        rows, cols = ((r1 - r0 - k) // s + 1 for (r0, r1), k, s in zip(read, span, stride))
-        if (rows, cols) != tuple(out.shape[2:]):
-            out = out[:, :, :rows, :cols].contiguous(memory_format=layout(live))
-        return keep_layout(out), ring
-    window = fill(live, const, box, read).contiguous(memory_format=layout(live))
-    out = keep_layout(F.conv2d(window, weight, bias, stride, 0, dilation, groups))
-    return out, ring
+    if not all(0 <= after <= before for before, after in pads):
+        window = window_delta(delta, box, read).contiguous(memory_format=layout(delta))
+        return keep_layout(F.conv2d(window, weight, None, stride, 0, dilation, groups)), ring
+    out = F.conv2d(delta, weight, None, stride, (pads[0][0], pads[1][0]), dilation, groups)
+    rows, cols = ((r1 - r0 - k) // s + 1 for (r0, r1), k, s in zip(read, span, stride, strict=True))
+    if (rows, cols) != tuple(out.shape[2:]):
+        out = out[:, :, :rows, :cols].contiguous(memory_format=layout(delta))
+    return keep_layout(out), ring
 
 
 @torch.fx.wrap
@@ -110,7 +122,7 @@ def ring_add(
     b: torch.Tensor, b_const: torch.Tensor, b_box: Box, hull: Box,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The sum of two ring maps of one size, live over the hull of their boxes."""
-    return fill(a, a_const, a_box, hull) + fill(b, b_const, b_box, hull), a_const + b_const
+    return window_delta(a, a_box, hull) + window_delta(b, b_box, hull), a_const + b_const
 
 
 class RingBatchNorm(nn.Module):
@@ -123,7 +135,7 @@ class RingBatchNorm(nn.Module):
         self.bn = bn
 
     def forward(
-        self, live: torch.Tensor, const: torch.Tensor, ring: int
+        self, delta: torch.Tensor, const: torch.Tensor, ring: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         bn = self.bn
         factor = 0.0
@@ -132,59 +144,65 @@ class RingBatchNorm(nn.Module):
             momentum = bn.momentum
             factor = 1.0 / float(bn.num_batches_tracked) if momentum is None else momentum
         if bn.training or bn.running_mean is None:
-            live_out, const_out, mean, var = _RingBatchNormFn.apply(
-                live, const, bn.weight, bn.bias, ring, bn.eps
+            out, out_const, mean, var = _RingBatchNormFn.apply(
+                delta, const, bn.weight, bn.bias, ring, bn.eps
             )
             if bn.training and bn.track_running_stats and bn.running_mean is not None:
-                count = live.shape[0] * (live.shape[2] * live.shape[3] + ring)
+                count = delta.shape[0] * (delta.shape[2] * delta.shape[3] + ring)
                 with torch.no_grad():
                     bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
                     unbiased = var * (count / max(count - 1, 1))
                     bn.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-            return live_out, const_out
+            return out, out_const
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
         shift = -bn.running_mean * scale if bn.bias is None else bn.bias - bn.running_mean * scale
         scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
-        return (live * scale).add_(shift), torch.addcmul(shift, const, scale)
+        return delta * scale, torch.addcmul(shift, const, scale)
 
 
 class _RingBatchNormFn(torch.autograd.Function):
-    """Batch-statistics BN of a ring map with a hand-written backward: the standard BN
-    gradient over the whole map, its sums split into the box's and the counted ring's. Fused
-    native reductions (``batch_norm_update_stats``, ``native_batch_norm_backward``) and in-place
-    per-channel affines replace an autograd graph of broadcast ops, which cost several times
-    native BN on CPU (channels-last above all)."""
+    """Batch-statistics BN of a ring map (d, c) with a hand-written backward.
+
+    The map is x = c + d (d zero outside the box, A positions per sample, M = N·A in all);
+    BN's output is (a·d, a·(c − μ) + β) with a = γ/σ. Statistics: μ from the per-sample sums
+    S of d; σ² from d's own variance over the box (``batch_norm_update_stats``, Welford) joined
+    to the constants', every term centred. Gradients (g, h for the two outputs, P = Σ g·d +
+    Σ h·(c − μ), b = −a·P/(σ²·M), k = −a·Σh/M + b·(c − μ)): ∂d = a·g + b·d + k,
+    ∂c = a·h + b·S + A·k, ∂γ = P/σ, ∂β = Σh. One fused reduction (Σ g·d) and two passes
+    over d, where an autograd graph of broadcast ops costs several times native BN on CPU."""
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
-        live: torch.Tensor,
+        delta: torch.Tensor,
         const: torch.Tensor,
         weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         ring: int,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = live.shape[0]
-        n_box, n_ring = n * live.shape[2] * live.shape[3], n * ring
-        count = n_box + n_ring
-        mean, var = torch.batch_norm_update_stats(live, None, None, 0.0)  # over the box, biased
-        if ring:  # the ring's statistics joined pairwise (Chan et al.): no cancellation
-            c = const.reshape(n, -1)
-            mean_r, var_r = c.mean(0), c.var(0, correction=0)
-            delta = mean_r - mean
-            mean = mean + delta * (n_ring / count)
-            var = (var * n_box + var_r * n_ring + delta * delta * (n_box * n_ring / count)) / count
+        n, hw = delta.shape[0], delta.shape[2] * delta.shape[3]
+        area = hw + ring
+        count = n * area
+        sums = delta.sum((2, 3))  # S: N×C
+        mean_d, var_d = torch.batch_norm_update_stats(delta, None, None, 0.0)  # over the box
+        c = const.reshape(n, -1)
+        mean = (c.sum(0) * area + sums.sum(0)) / count
+        f = c + (mean_d - mean)  # each sample's box mean offset, d's own mean taken out
+        e = c - mean
+        spread = sums - hw * mean_d  # Σ over the box of d − mean_d, per sample
+        var = n * hw * var_d + (hw * f * f + 2 * f * spread).sum(0) + ring * (e * e).sum(0)
+        var = var / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
-        s4, b4 = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
-        ctx.save_for_backward(live, const, weight, mean, invstd)
+        s4 = scale.view(1, -1, 1, 1)
+        ctx.save_for_backward(delta, const, weight, sums, mean, invstd)
         ctx.mark_non_differentiable(mean, var)
-        ctx.ring, ctx.count, ctx.eps = ring, count, eps
-        return (live * s4).add_(b4), const * s4 + b4, mean, var
+        ctx.area, ctx.count, ctx.eps = area, count, eps
+        return delta * s4, torch.addcmul(shift.view(1, -1, 1, 1), const, s4), mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -194,34 +212,40 @@ class _RingBatchNormFn(torch.autograd.Function):
         grad_const: torch.Tensor | None,
         *_: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        live, const, weight, mean, invstd = ctx.saved_tensors
-        ring, count = ctx.ring, ctx.count
+        delta, const, weight, sums, mean, invstd = ctx.saved_tensors
+        area, count = ctx.area, ctx.count
+        n, ch = delta.shape[:2]
         if grad is None:
-            grad = torch.zeros_like(live)
+            grad = torch.zeros_like(delta)
         if grad_const is None:
             grad_const = torch.zeros_like(const)
-        grad = grad.contiguous(memory_format=layout(live))
-        # box sums: Σ dy·(x − μ)·invstd and Σ dy, fused
-        _, dot, total = torch.ops.aten.native_batch_norm_backward(
-            grad, live, None, None, None, mean, invstd, True, ctx.eps, [False, True, True]
+        grad = grad.contiguous(memory_format=layout(delta))
+        zeros, ones = torch.zeros_like(mean), torch.ones_like(invstd)
+        _, dot, _ = torch.ops.aten.native_batch_norm_backward(  # Σ g·d, fused
+            grad, delta, None, None, None, zeros, ones, True, ctx.eps, [False, True, False]
         )
-        m4, i4 = mean.view(1, -1, 1, 1), invstd.view(1, -1, 1, 1)
-        const_hat = (const - m4) * i4
-        g_ring = grad_const.sum((0, 2, 3))  # the ring's positions, summed by the consumers
-        total = total + g_ring
-        dot = dot + (grad_const * const_hat).sum((0, 2, 3))
+        h = grad_const.reshape(n, ch)
+        e = const.reshape(n, ch) - mean
+        total = h.sum(0)
+        p = dot + (h * e).sum(0)
         a = invstd if weight is None else invstd * weight
-        # dx = a·(dy − Σdy/M − x̂·Σdy·x̂/M) = a·dy + b·x + k, per channel
-        b = -a * dot * invstd / count
-        k = -a * total / count - b * mean
-        grad_live = (live * b.view(1, -1, 1, 1)).addcmul_(grad, a.view(1, -1, 1, 1))
-        grad_live.add_(k.view(1, -1, 1, 1))
-        a4 = a.view(1, -1, 1, 1)
-        grad_c = a4 * (grad_const - (total * (ring / count)).view(1, -1, 1, 1)
-                       - const_hat * (dot * (ring / count)).view(1, -1, 1, 1))  # fmt: skip
-        grad_w = dot if weight is not None and ctx.needs_input_grad[2] else None
+        b = -a * p * invstd * invstd / count
+        k = -a * total / count + b * e  # N×C
+        grad_delta = torch.addcmul(k.view(n, ch, 1, 1), delta, b.view(1, -1, 1, 1))
+        grad_delta.addcmul_(grad, a.view(1, -1, 1, 1))
+        grad_c = (a * h + b * sums + area * k).view(n, ch, 1, 1)
+        grad_w = p * invstd if weight is not None and ctx.needs_input_grad[2] else None
         grad_b = total if ctx.needs_input_grad[3] else None
-        return grad_live, grad_c, grad_w, grad_b, None, None
+        return grad_delta, grad_c, grad_w, grad_b, None, None
 
 
-__all__ = ["Box", "RingBatchNorm", "fill", "layout", "ring_add", "ring_conv", "zero_ring"]
+__all__ = [
+    "Box",
+    "RingBatchNorm",
+    "fill",
+    "layout",
+    "ring_add",
+    "ring_conv",
+    "window_delta",
+    "zero_ring",
+]

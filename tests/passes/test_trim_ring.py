@@ -51,7 +51,7 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
         const = torch.zeros_like(const)  # no ring: any constant will do
     read, live = conv_window(box, ((0, size[0]), (0, size[1])), conv)
     params = (conv.weight, conv.bias, conv.stride, conv.dilation, conv.groups)
-    out, ring = ring_conv(x[:, :, r0:r1, c0:c1], const, *params, box, read)
+    out, ring = ring_conv(x[:, :, r0:r1, c0:c1] - const, const, *params, box, read)
     want = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
     whole = ((0, want.shape[2]), (0, want.shape[3]))
     torch.testing.assert_close(fill(out, ring, live, whole), want, rtol=1e-12, atol=1e-12)
@@ -62,6 +62,25 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
     if outside.any() and box != ((0, size[0]), (0, size[1])):
         values = want[:, :, outside]
         torch.testing.assert_close(values, ring[:, :, 0].expand_as(values), rtol=0, atol=1e-12)
+
+
+def test_ring_conv_cases_cover_both_paths() -> None:
+    """The seeds above reach both of ring_conv's paths: the conv padding the delta itself
+    (read extends the box by at most as much after as before), and the built window."""
+    padded = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        groups = rng.choice([1, 2, 4])
+        cin, cout = 4 * rng.randint(1, 2), 4 * rng.randint(1, 2)
+        kernel = (rng.randint(1, 4), rng.randint(1, 4))
+        stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), 1)
+        size = (rng.randint(8, 20), rng.randint(8, 20))
+        conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5)
+        _, box = _ring_map(rng, size, cin)
+        read, _ = conv_window(box, ((0, size[0]), (0, size[1])), conv)
+        pads = [(b[0] - r[0], r[1] - b[1]) for b, r in zip(box, read, strict=True)]
+        padded.append(all(0 <= after <= before for before, after in pads))
+    assert 5 <= sum(padded) <= 35
 
 
 def _net() -> nn.Module:
