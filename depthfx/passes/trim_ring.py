@@ -12,14 +12,16 @@ Rewrite: a copy of the graph, sharing every module, parameter and buffer of the 
 network, in which each map from a group's pad on is a ring map (:mod:`depthfx.passes.ring_ops`:
 the ring constant and, as a tensor over the live box, the map minus it): unpadded
 ``nn.Conv2d`` convolve only the window their live outputs read (the ring: the conv of a
-constant patch), ``nn.BatchNorm2d``
-takes its batch statistics over the live box and the ring (counted, not materialised), adds
-and ``crop_like``/``shift`` move and join boxes. Any other op gets the full map (``fill``); at
-a group's end the box covers the map and the view continues as the prepared network.
+constant patch), ``nn.BatchNorm2d`` takes its batch statistics over the live box and the ring
+(counted, not materialised), adds and ``crop_like``/``shift`` move and join boxes. Any other op
+gets the full map (``fill``); at a group's end the box covers the map and the view continues
+as the prepared network.
 
 Why it is exact: an output position outside the live box reads only ring positions of its
-input, whose value is the constant c, so its value is conv(c); BN's statistics over the map
-are the pairwise combination of those of the box and of the ring. The view computes the
+input, whose value is the constant c, so its value is conv(c); inside it, conv is linear, so
+conv(c + d) = conv(c) + conv(d) with d zero-padded. BN's statistics over the map are those of
+the box joined to those of the ring, its gradient the standard one split the same way. The
+view computes the
 prepared network's function, gradients and BN running statistics up to fp32 summation order,
 so training it trains the prepared network, and ``convert`` of that network stays exact. The
 boxes are derived for the planned input size; at any other size the view runs the prepared
