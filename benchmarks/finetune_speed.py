@@ -13,6 +13,7 @@ interleaved (one step of each in turn) in one process; ``--profile`` adds where 
 
 Usage: python benchmarks/finetune_speed.py [--sizes 64,224] [--batch 128] [--steps 3]
        [--threads 2] [--formats contiguous,channels_last] [--compile] [--profile]
+       [--nets original,full,exact,approximate]  (the original is always timed)
 """
 
 from __future__ import annotations

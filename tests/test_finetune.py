@@ -122,19 +122,29 @@ def test_channels_last_is_used_for_conv_nets_and_undone() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_timing_the_formats_leaves_the_network_and_rng_as_they_were() -> None:
+@pytest.mark.parametrize("exact_view", [False, True])
+def test_timing_the_formats_leaves_the_network_and_rng_as_they_were(exact_view: bool) -> None:
+    """Also through the ring view, whose BN updates the prepared network's buffers."""
+    from depthfx.finetune import training_view
+
     x, y = _data()
-    model = nn.Sequential(_model(), nn.Dropout(0.5))
-    model[0][0].weight.grad = torch.ones_like(model[0][0].weight)
+    if exact_view:
+        model = _prepared_digits_net()[0]
+        net, rewritten = training_view(model, "exact")
+        assert rewritten > 0
+    else:
+        model = net = nn.Sequential(_model(), nn.Dropout(0.5))
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.grad = torch.ones_like(conv.weight)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    grad = model[0][0].weight.grad
+    grad = conv.weight.grad
     rng = torch.random.get_rng_state()
-    ms = time_memory_formats(model.eval(), model, x[:64], y[:64])
+    ms = time_memory_formats(model.eval(), net, x[:64], y[:64])
     assert set(ms) == {"contiguous", "channels_last"} and min(ms.values()) > 0
     assert not model.training
     assert torch.equal(torch.random.get_rng_state(), rng)
-    assert model[0][0].weight.grad is grad and model[0][1].weight.grad is None
-    assert model[0][0].weight.is_contiguous()
+    assert conv.weight.grad is grad and conv.bias.grad is None
+    assert conv.weight.is_contiguous()
     for key, value in model.state_dict().items():  # BN running statistics, batches tracked
         assert torch.equal(value, before[key]), key
 
