@@ -17,7 +17,7 @@ from depthfx.models import load_model
 from depthfx.passes.analyze import analyze
 from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
-from depthfx.passes.ring_ops import fill, ring_conv
+from depthfx.passes.ring_ops import RingBatchNorm, fill, ring_conv
 from depthfx.passes.trim_ring import conv_window, ring_view
 from depthfx.testing import InvertedResidual, merge_everything_plan, random_plan, randomize_bn
 
@@ -168,3 +168,40 @@ def test_finetuned_through_the_view_converts_exactly() -> None:
     merged = convert(prepared, plan, (x[:1],))
     with torch.no_grad():
         torch.testing.assert_close(merged(x), prepared(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_ring_batch_norm_equals_batch_norm_of_the_filled_map(seed: int, affine: bool) -> None:
+    """Outputs, gradients (delta, constant, weight, bias) and running statistics of BN of a
+    ring map equal those of BN of the whole map it stands for (float64, train mode), far
+    from zero mean (the constants offset by 30) so that a cancelling formula would show."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    size = (rng.randint(3, 9), rng.randint(3, 9))
+    x, box = _ring_map(rng, size, 6)
+    x = x + 30.0
+    (r0, r1), (c0, c1) = box
+    ring = size[0] * size[1] - (r1 - r0) * (c1 - c0)
+    outside = (r0, c0) != (0, 0)
+    const = (x[:, :, :1, :1] if outside else x[:, :, -1:, -1:]).clone().requires_grad_()
+    delta = (x[:, :, r0:r1, c0:c1] - const).detach().requires_grad_()
+    whole = ((0, size[0]), (0, size[1]))
+    bns = [nn.BatchNorm2d(6, affine=affine).double().train() for _ in range(2)]
+    if affine:
+        for p in bns[0].parameters():
+            p.data.normal_()
+        bns[1].load_state_dict(bns[0].state_dict())
+    full = fill(delta, const, box, whole)  # differentiable in delta and const
+    want = bns[0](full)
+    out, out_const = RingBatchNorm(bns[1])(delta, const, ring)
+    got = fill(out, out_const, box, whole)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    probe = torch.randn_like(want)
+    inputs = [delta, const, *bns[0].parameters()]
+    grads_want = torch.autograd.grad((want * probe).sum(), inputs[:2] + list(bns[0].parameters()))
+    grads_got = torch.autograd.grad((got * probe).sum(), inputs[:2] + list(bns[1].parameters()))
+    for g, w in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-9)
+    for key, value in bns[1].state_dict().items():
+        torch.testing.assert_close(value, bns[0].state_dict()[key], rtol=1e-10, atol=1e-12)
