@@ -305,7 +305,7 @@ def _choose_format(
                 channels_last = ms["channels_last"] <= ms["contiguous"]
     timed = "" if ms is None else ": " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
     name = "channels_last" if channels_last else "contiguous"
-    logging.getLogger(__name__).info("finetune: memory format %s (%s)%s", name, by, timed)
+    logging.getLogger(__name__).info("memory format %s (%s)%s", name, by, timed)
     return channels_last, by, ms
 
 
