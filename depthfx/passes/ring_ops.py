@@ -1,11 +1,11 @@
 """The ops of the ring-skipping training view (:mod:`depthfx.passes.trim_ring`).
 
 A "ring map" is a map of a prepared network's merge group kept as its ring constant ``c``
-(N×C×1×1: the value everywhere outside a live box) and its delta ``d`` over the box (a tensor,
-in the map's coordinates: the map minus ``c``, zero outside the box). Each op here computes the
-ring map of its output from those of its inputs, exactly: conv, BN (batch statistics over the
-whole map, ring included), add, crop; ``fill`` turns a ring map back into a tensor over any
-window.
+(1×C×1×1: the value everywhere outside a live box, the same for every sample) and its delta
+``d`` over the box (a tensor, in the map's coordinates: the map minus ``c``, zero outside the
+box). Each op here computes the ring map of its output from those of its inputs, exactly: conv,
+BN (batch statistics over the whole map, ring included), add, crop; ``fill`` turns a ring map
+back into a tensor over any window.
 
 Why deltas: conv and BN are affine, so a conv's delta is the zero-padded conv (no bias) of its
 input's delta and BN's is the delta times BN's scale; the constant takes the bias and the
@@ -82,8 +82,8 @@ def fill(delta: torch.Tensor, const: torch.Tensor, box: Box, window: Box) -> tor
 
 @torch.fx.wrap
 def zero_ring(x: torch.Tensor) -> torch.Tensor:
-    """The ring constant of a zero-padded map: zeros, N×C×1×1."""
-    return x.new_zeros(x.shape[0], x.shape[1], 1, 1)
+    """The ring constant of a zero-padded map: zeros, 1×C×1×1 (one for every sample)."""
+    return x.new_zeros(1, x.shape[1], 1, 1)
 
 
 @torch.fx.wrap
@@ -165,13 +165,16 @@ class RingBatchNorm(nn.Module):
 class _RingBatchNormFn(torch.autograd.Function):
     """Batch-statistics BN of a ring map (d, c) with a hand-written backward.
 
-    The map is x = c + d (d zero outside the box, A positions per sample, M = N·A in all);
-    BN's output is (a·d, a·(c − μ) + β) with a = γ/σ. Statistics: μ from the per-sample sums
-    S of d; σ² from d's own variance over the box (``batch_norm_update_stats``, Welford) joined
-    to the constants', every term centred. Gradients (g, h for the two outputs, P = Σ g·d +
-    Σ h·(c − μ), b = −a·P/(σ²·M), k = −a·Σh/M + b·(c − μ)): ∂d = a·g + b·d + k,
-    ∂c = a·h + b·S + A·k, ∂γ = P/σ, ∂β = Σh. One fused reduction (Σ g·d) and two passes
-    over d, where an autograd graph of broadcast ops costs several times native BN on CPU."""
+    The map is x = c + d (c one value per channel for every sample: the view's constants start
+    as a pad's zeros and go through sample-independent ops; d zero outside the box; A positions
+    per sample, M = N·A in all). BN's output is (a·d, a·(c − μ) + β) with a = γ/σ; μ − c is d's
+    mean over the map, so the output does not depend on c (BN is shift-invariant) and c's
+    gradient is zero (a zero tensor). Statistics: d's mean and variance over the box
+    (``batch_norm_update_stats``, Welford) joined to the ring's zeros, every term centred.
+    Gradients (g, h for the two outputs, P = Σ g·d + h·(c − μ), b = −a·P/(σ²·M), k = −a·h/M +
+    b·(c − μ)): ∂d = a·g + b·d + k, ∂γ = P/σ, ∂β = h. One fused reduction (Σ g·d) and two passes
+    over d, where an autograd graph of broadcast ops costs several times native BN on CPU.
+    """
 
     @staticmethod
     def forward(
@@ -184,25 +187,23 @@ class _RingBatchNormFn(torch.autograd.Function):
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n, hw = delta.shape[0], delta.shape[2] * delta.shape[3]
-        area = hw + ring
-        count = n * area
-        sums = delta.sum((2, 3))  # S: N×C
+        n_box, n_ring = n * hw, n * ring
+        count = n_box + n_ring
         mean_d, var_d = torch.batch_norm_update_stats(delta, None, None, 0.0)  # over the box
-        c = const.reshape(n, -1)
-        mean = (c.sum(0) * area + sums.sum(0)) / count
-        f = c + (mean_d - mean)  # each sample's box mean offset, d's own mean taken out
-        e = c - mean
-        spread = sums - hw * mean_d  # Σ over the box of d − mean_d, per sample
-        var = n * hw * var_d + (hw * f * f + 2 * f * spread).sum(0) + ring * (e * e).sum(0)
-        var = var / count
+        c = const.reshape(-1)
+        shift_d = mean_d * (n_box / count)  # μ − c: d's mean over the whole map
+        mean = c + shift_d
+        offset = mean_d - shift_d  # the box's mean of x minus μ (the ring's is −shift_d)
+        var = (n_box * (var_d + offset * offset) + n_ring * shift_d * shift_d) / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        s4 = scale.view(1, -1, 1, 1)
-        ctx.save_for_backward(delta, const, weight, sums, mean, invstd)
+        out_const = -shift_d * scale if bias is None else bias - shift_d * scale
+        ctx.save_for_backward(delta, weight, shift_d, invstd)
+        ctx.const_shape = const.shape
         ctx.mark_non_differentiable(mean, var)
-        ctx.area, ctx.count, ctx.eps = area, count, eps
-        return delta * s4, torch.addcmul(shift.view(1, -1, 1, 1), const, s4), mean, var
+        ctx.count = count
+        s4, c4 = scale.view(1, -1, 1, 1), out_const.view(1, -1, 1, 1)
+        return delta * s4, c4, mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -212,30 +213,27 @@ class _RingBatchNormFn(torch.autograd.Function):
         grad_const: torch.Tensor | None,
         *_: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        delta, const, weight, sums, mean, invstd = ctx.saved_tensors
-        area, count = ctx.area, ctx.count
-        n, ch = delta.shape[:2]
+        delta, weight, shift_d, invstd = ctx.saved_tensors
+        count, ch = ctx.count, delta.shape[1]
         if grad is None:
             grad = torch.zeros_like(delta)
-        if grad_const is None:
-            grad_const = torch.zeros_like(const)
+        h = torch.zeros_like(invstd) if grad_const is None else grad_const.reshape(ch)
         grad = grad.contiguous(memory_format=layout(delta))
-        zeros, ones = torch.zeros_like(mean), torch.ones_like(invstd)
+        zeros, ones = torch.zeros_like(invstd), torch.ones_like(invstd)
         _, dot, _ = torch.ops.aten.native_batch_norm_backward(  # Σ g·d, fused
-            grad, delta, None, None, None, zeros, ones, True, ctx.eps, [False, True, False]
+            grad, delta, None, None, None, zeros, ones, True, 0.0, [False, True, False]
         )
-        h = grad_const.reshape(n, ch)
-        e = const.reshape(n, ch) - mean
-        total = h.sum(0)
-        p = dot + (h * e).sum(0)
+        p = dot - h * shift_d
         a = invstd if weight is None else invstd * weight
         b = -a * p * invstd * invstd / count
-        k = -a * total / count + b * e  # N×C
-        grad_delta = torch.addcmul(k.view(n, ch, 1, 1), delta, b.view(1, -1, 1, 1))
+        k = -a * h / count - b * shift_d
+        grad_delta = torch.addcmul(k.view(1, -1, 1, 1), delta, b.view(1, -1, 1, 1))
         grad_delta.addcmul_(grad, a.view(1, -1, 1, 1))
-        grad_c = (a * h + b * sums + area * k).view(n, ch, 1, 1)
         grad_w = p * invstd if weight is not None and ctx.needs_input_grad[2] else None
-        grad_b = total if ctx.needs_input_grad[3] else None
+        grad_b = h if ctx.needs_input_grad[3] else None
+        # zero, not None: the parameters before it (conv biases) get a gradient, so SGD's
+        # weight decay reaches them as in the prepared network
+        grad_c = grad_delta.new_zeros(ctx.const_shape)
         return grad_delta, grad_c, grad_w, grad_b, None, None
 
 

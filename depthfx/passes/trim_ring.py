@@ -1,12 +1,12 @@
 """Training view of a prepared network that skips the constant ring of its enlarged maps.
 
-Pattern: inside a merge group ``prepare`` zero-pads the group input by the whole group's
-padding P (``move_padding``), so each map inside the group is enlarged by the padding the rest
-of the group still needs. A map position whose receptive field lies entirely in those zeros
-holds a per-(sample, channel) constant: the conv biases carried through BN (train or eval
-mode), residual adds and crops. Those positions form a ring around a "live" box; the box grows
-by one conv's padding per conv while the map is as large as the rest of the group needs, so
-early in a long group most of the map is ring.
+Pattern: inside a merge group ``prepare`` zero-pads the group input by the whole group's padding
+P (``move_padding``), so each map inside the group is enlarged by the padding the rest of the
+group still needs. A map position whose receptive field lies entirely in those zeros holds a
+per-channel constant, the same for every sample: the conv biases carried through BN (train or
+eval mode), residual adds and crops. Those positions form a ring around a "live" box; the box
+grows by one conv's padding per conv while the map is as large as the rest of the group needs,
+so early in a long group most of the map is ring.
 
 Rewrite: a copy of the graph, sharing every module, parameter and buffer of the prepared
 network, in which each map from a group's pad on is a ring map (:mod:`depthfx.passes.ring_ops`:

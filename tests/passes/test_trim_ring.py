@@ -23,13 +23,13 @@ from depthfx.testing import InvertedResidual, merge_everything_plan, random_plan
 
 
 def _ring_map(rng: random.Random, size: tuple[int, int], channels: int) -> tuple:
-    """A float64 map (2 samples) random inside a random box, a per-(sample, channel)
-    constant outside it; and the box."""
+    """A float64 map (2 samples) random inside a random box, a per-channel constant (the same
+    for both samples, as in the view) outside it; and the box."""
     box = []
     for extent in size:
         lo = rng.randint(0, extent - 1)
         box.append((lo, rng.randint(lo + 1, extent)))
-    x = torch.randn(2, channels, 1, 1, dtype=torch.float64).expand(2, channels, *size).clone()
+    x = torch.randn(1, channels, 1, 1, dtype=torch.float64).expand(2, channels, *size).clone()
     (r0, r1), (c0, c1) = box
     x[:, :, r0:r1, c0:c1] = torch.randn(2, channels, r1 - r0, c1 - c0, dtype=torch.float64)
     return x, ((r0, r1), (c0, c1))
@@ -46,7 +46,7 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
     conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5).double()
     x, box = _ring_map(rng, size, cin)
     (r0, r1), (c0, c1) = box
-    const = x[:, :, :1, :1].clone() if (r0, c0) != (0, 0) else x[:, :, -1:, -1:].clone()
+    const = (x[:1, :, :1, :1] if (r0, c0) != (0, 0) else x[:1, :, -1:, -1:]).clone()
     if box == ((0, size[0]), (0, size[1])):
         const = torch.zeros_like(const)  # no ring: any constant will do
     read, live = conv_window(box, ((0, size[0]), (0, size[1])), conv)
@@ -184,7 +184,7 @@ def test_ring_batch_norm_equals_batch_norm_of_the_filled_map(seed: int, affine: 
     (r0, r1), (c0, c1) = box
     ring = size[0] * size[1] - (r1 - r0) * (c1 - c0)
     outside = (r0, c0) != (0, 0)
-    const = (x[:, :, :1, :1] if outside else x[:, :, -1:, -1:]).clone().requires_grad_()
+    const = (x[:1, :, :1, :1] if outside else x[:1, :, -1:, -1:]).clone().requires_grad_()
     delta = (x[:, :, r0:r1, c0:c1] - const).detach().requires_grad_()
     whole = ((0, size[0]), (0, size[1]))
     bns = [nn.BatchNorm2d(6, affine=affine).double().train() for _ in range(2)]
