@@ -11,8 +11,10 @@ trains data-parallel on the same global batches (:mod:`depthfx.data_parallel`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,12 @@ PathLike = str | os.PathLike[str]
 
 #: ``finetune``'s ``borders=`` values (``training_view``); "approximate" is not exact.
 BORDERS = ("exact", "full", "approximate")
+
+#: With ``channels_last=None``, runs of at least this many steps time both memory formats
+#: first (``time_memory_formats``: 3 steps each, about 3 % of such a run); shorter ones, and
+#: data-parallel ones (every rank must use one format), take channels-last for conv nets, which
+#: ``benchmarks/finetune_speed.py`` measured faster on CPU for every network and view.
+MEASURE_FORMATS_FROM = 200
 
 
 def as_loader(
@@ -152,12 +160,14 @@ def finetune(
 ) -> nn.Module:
     """Fine-tune ``prepared`` in place with the paper's recipe; returns it in eval mode.
 
-    ``channels_last`` (None: when the network has 2-d convs) trains in the channels-last memory
-    format, returning the network in the default one. Measured on CPU
-    (``benchmarks/finetune_speed.py``, MobileNetV2, 64×64 and 224×224): a training step as fast
-    or faster in channels-last for the original and for every ``borders`` mode.
-    ``prepared.depthfx_finetune`` records what was used: ``memory_format``, ``borders`` and
-    ``rewritten`` (the convs, or groups, the training view changed).
+    ``channels_last`` True/False trains in that memory format, returning the network in the
+    default one; None (for a network with 2-d convs) picks the faster: timed on the first batch
+    for runs of ``MEASURE_FORMATS_FROM`` steps or more, else channels-last (measured on CPU,
+    ``benchmarks/finetune_speed.py``: as fast or faster for the original and every ``borders``
+    mode). ``prepared.depthfx_finetune`` records what was used: ``memory_format``,
+    ``memory_format_by`` ("argument", "measured", "rule"), ``memory_format_ms`` (the timed
+    step per format, when measured), ``borders`` and ``rewritten`` (the convs, or groups, the
+    training view changed); the progress bar and the log (``logging.INFO``) say it too.
 
     ``borders`` (prepared networks; ``training_view``): "exact" trains a view that skips the
     constant ring of the enlarged maps inside merge groups (same function and gradients, fp32
@@ -187,16 +197,18 @@ def finetune(
         raise DepthFXError(f"borders={borders!r}: use one of {', '.join(map(repr, BORDERS))}")
     group = data_parallel.join(_device_of(prepared))
     device = group.device if group is not None else _device_of(prepared)
-    if channels_last is None:
-        channels_last = any(isinstance(m, nn.Conv2d) for m in prepared.modules())
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    prepared.to(memory_format=memory_format)
     total = steps
     if total is None:
         total = math.ceil(epochs * steps_per_epoch(train_data, batch_size))
     if total < 1:
         raise DepthFXError(f"nothing to train: {total} steps")
     view, changed = training_view(prepared, borders)
+    channels_last, format_by, format_ms = _choose_format(
+        prepared, view, train_data, channels_last, batch_size, seed, total, group, device
+    )
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    format_name = "channels_last" if channels_last else "contiguous"
+    prepared.to(memory_format=memory_format)
     net = view if group is None else data_parallel.wrap(view, group)
     params = [p for p in prepared.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
@@ -217,7 +229,7 @@ def finetune(
         distill_from.eval()
     prepared.train()
     leader = group is None or group.leader
-    desc = "finetune (channels_last)" if channels_last else "finetune"
+    desc = f"finetune ({format_name}, {format_by})"
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", leave=False,
                disable=None if progress and leader else True)  # fmt: skip
     with bar:
@@ -256,11 +268,96 @@ def finetune(
         data_parallel.broadcast_buffers(prepared)
     prepared.to(memory_format=torch.contiguous_format)
     prepared.depthfx_finetune = {
-        "memory_format": "channels_last" if channels_last else "contiguous",
+        "memory_format": format_name,
+        "memory_format_by": format_by,
+        "memory_format_ms": format_ms,
         "borders": borders,
         "rewritten": changed,
     }
     return prepared.eval()
+
+
+def _choose_format(
+    prepared: nn.Module,
+    view: nn.Module,
+    data: Any,
+    channels_last: bool | None,
+    batch_size: int,
+    seed: int,
+    total: int,
+    group: Group | None,
+    device: torch.device,
+) -> tuple[bool, str, dict[str, float] | None]:
+    """(channels_last, how it was chosen, ms per format if timed) for ``finetune``; logged."""
+    from torch import nn
+
+    by, ms = "argument", None
+    if channels_last is None:
+        by = "rule"
+        channels_last = any(isinstance(m, nn.Conv2d) for m in prepared.modules())
+        # a one-shot iterator would lose its first batch to the timing
+        reusable = not isinstance(data, Iterator)
+        if channels_last and reusable and group is None and total >= MEASURE_FORMATS_FROM:
+            first = next(iter(as_loader(data, batch_size, shuffle=True, seed=seed)))
+            x, y = _split_batch(first, device)
+            if x.dim() == 4:
+                by, ms = "measured", time_memory_formats(prepared, view, x, y)
+                channels_last = ms["channels_last"] <= ms["contiguous"]
+    timed = "" if ms is None else ": " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
+    name = "channels_last" if channels_last else "contiguous"
+    logging.getLogger(__name__).info("memory format %s (%s)%s", name, by, timed)
+    return channels_last, by, ms
+
+
+def time_memory_formats(
+    prepared: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int = 2
+) -> dict[str, float]:
+    """Milliseconds of a training step's forward and backward (cross-entropy, no update) of
+    ``net`` (``prepared`` or its training view) on (``x``, ``y``) per memory format: the best
+    of ``rounds`` steps, the formats taking turns after a warm-up step each, so that load on
+    the machine hits both alike. ``prepared``'s parameters, buffers (BN statistics) and
+    gradients, and the random number generator (dropout), are as before."""
+    import torch
+    import torch.nn.functional as F
+
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    state = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
+    grads = {p: p.grad for p in prepared.parameters()}
+    was_training = prepared.training
+    rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    times: dict[str, list[float]] = {name: [] for name in formats}
+    prepared.train()
+    try:
+        for rnd in range(rounds + 1):
+            for name, fmt in formats.items():
+                prepared.to(memory_format=fmt)
+                xf = x.contiguous(memory_format=fmt)
+                _sync(x.device)
+                t0 = time.perf_counter()
+                F.cross_entropy(net(xf), y).backward()
+                _sync(x.device)
+                if rnd > 0:
+                    times[name].append(1e3 * (time.perf_counter() - t0))
+                for p in prepared.parameters():
+                    p.grad = None
+    finally:
+        prepared.to(memory_format=torch.contiguous_format)
+        prepared.load_state_dict(state)
+        for p, g in grads.items():
+            p.grad = g
+        prepared.train(was_training)
+        torch.random.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, x.device)
+    return {name: min(t) for name, t in times.items()}
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def training_view(prepared: nn.Module, borders: str) -> tuple[nn.Module, int]:
@@ -320,10 +417,12 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> tuple[float,
 
 __all__ = [
     "BORDERS",
+    "MEASURE_FORMATS_FROM",
     "as_loader",
     "cosine_lr",
     "evaluate",
     "finetune",
     "steps_per_epoch",
+    "time_memory_formats",
     "training_view",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 import depthfx
-from depthfx.finetune import cosine_lr, evaluate
+from depthfx.finetune import cosine_lr, evaluate, time_memory_formats
 
 pytest.importorskip("sklearn")
 
@@ -119,6 +120,59 @@ def test_channels_last_is_used_for_conv_nets_and_undone() -> None:
     assert same.depthfx_finetune["memory_format"] == "contiguous"
     for a, b in zip(model.parameters(), same.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exact_view", [False, True])
+def test_timing_the_formats_leaves_the_network_and_rng_as_they_were(exact_view: bool) -> None:
+    """Also through the ring view, whose BN updates the prepared network's buffers."""
+    from depthfx.finetune import training_view
+
+    x, y = _data()
+    if exact_view:
+        model = _prepared_digits_net()[0]
+        net, rewritten = training_view(model, "exact")
+        assert rewritten > 0
+    else:
+        model = net = nn.Sequential(_model(), nn.Dropout(0.5))
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.grad = torch.ones_like(conv.weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grad = conv.weight.grad
+    rng = torch.random.get_rng_state()
+    ms = time_memory_formats(model.eval(), net, x[:64], y[:64])
+    assert set(ms) == {"contiguous", "channels_last"} and min(ms.values()) > 0
+    assert not model.training
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert conv.weight.grad is grad and conv.bias.grad is None
+    assert conv.weight.is_contiguous()
+    for key, value in model.state_dict().items():  # BN running statistics, batches tracked
+        assert torch.equal(value, before[key]), key
+
+
+def test_finetune_says_which_memory_format_it_used_and_why(monkeypatch, caplog) -> None:
+    """Long runs time both formats (a lowered threshold here) and train in the faster one, as
+    a run told that format trains; short runs follow the rule; an argument is obeyed."""
+    x, y = _data()
+    data = (x[:256], y[:256])
+    module = importlib.import_module("depthfx.finetune")  # depthfx.finetune is the function
+    monkeypatch.setattr(module, "MEASURE_FORMATS_FROM", 3)
+    with caplog.at_level("INFO", logger="depthfx.finetune"):
+        timed = depthfx.finetune(_model(), data, steps=3, batch_size=64, progress=False)
+    record = timed.depthfx_finetune
+    assert record["memory_format_by"] == "measured"
+    ms = record["memory_format_ms"]
+    assert set(ms) == {"contiguous", "channels_last"}
+    assert record["memory_format"] == min(ms, key=lambda k: (ms[k], k != "channels_last"))
+    assert f"memory format {record['memory_format']} (measured): contiguous" in caplog.text
+    told = depthfx.finetune(_model(), data, steps=3, batch_size=64, progress=False,
+                            channels_last=record["memory_format"] == "channels_last")  # fmt: skip
+    assert told.depthfx_finetune["memory_format_by"] == "argument"
+    for a, b in zip(timed.state_dict().values(), told.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the timing trained nothing
+    short = depthfx.finetune(_model(), data, steps=2, batch_size=64, progress=False)
+    assert short.depthfx_finetune["memory_format_by"] == "rule"
+    assert short.depthfx_finetune["memory_format"] == "channels_last"
+    assert short.depthfx_finetune["memory_format_ms"] is None
 
 
 def _prepared_digits_net() -> tuple[nn.Module, torch.Tensor]:

@@ -1,24 +1,27 @@
 """Training view of a prepared network that skips the constant ring of its enlarged maps.
 
-Pattern: inside a merge group ``prepare`` zero-pads the group input by the whole group's
-padding P (``move_padding``), so each map inside the group is enlarged by the padding the rest
-of the group still needs. A map position whose receptive field lies entirely in those zeros
-holds a per-(sample, channel) constant: the conv biases carried through BN (train or eval
-mode), residual adds and crops. Those positions form a ring around a "live" box; the box grows
-by one conv's padding per conv while the map is as large as the rest of the group needs, so
-early in a long group most of the map is ring.
+Pattern: inside a merge group ``prepare`` zero-pads the group input by the whole group's padding
+P (``move_padding``), so each map inside the group is enlarged by the padding the rest of the
+group still needs. A map position whose receptive field lies entirely in those zeros holds a
+per-channel constant, the same for every sample: the conv biases carried through BN (train or
+eval mode), residual adds and crops. Those positions form a ring around a "live" box; the box
+grows by one conv's padding per conv while the map is as large as the rest of the group needs,
+so early in a long group most of the map is ring.
 
 Rewrite: a copy of the graph, sharing every module, parameter and buffer of the prepared
 network, in which each map from a group's pad on is a ring map (:mod:`depthfx.passes.ring_ops`:
-the live box as a tensor and the ring constant): unpadded ``nn.Conv2d`` convolve only the
-window their live outputs read (the ring: the conv of a constant patch), ``nn.BatchNorm2d``
-takes its batch statistics over the live box and the ring (counted, not materialised), adds
-and ``crop_like``/``shift`` move and join boxes. Any other op gets the full map (``fill``); at
-a group's end the box covers the map and the view continues as the prepared network.
+the ring constant and, as a tensor over the live box, the map minus it): unpadded
+``nn.Conv2d`` convolve only the window their live outputs read (the ring: the conv of a
+constant patch), ``nn.BatchNorm2d`` takes its batch statistics over the live box and the ring
+(counted, not materialised), adds and ``crop_like``/``shift`` move and join boxes. Any other op
+gets the full map (``fill``); at a group's end the box covers the map and the view continues
+as the prepared network.
 
 Why it is exact: an output position outside the live box reads only ring positions of its
-input, whose value is the constant c, so its value is conv(c); BN's statistics over the map
-are the pairwise combination of those of the box and of the ring. The view computes the
+input, whose value is the constant c, so its value is conv(c); inside it, conv is linear, so
+conv(c + d) = conv(c) + conv(d) with d zero-padded. BN's statistics over the map are those of
+the box joined to those of the ring, its gradient the standard one split the same way. The
+view computes the
 prepared network's function, gradients and BN running statistics up to fp32 summation order,
 so training it trains the prepared network, and ``convert`` of that network stays exact. The
 boxes are derived for the planned input size; at any other size the view runs the prepared
@@ -37,7 +40,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from depthfx.passes.align_residuals import crop_like, shift
 from depthfx.passes.group_record import PREPARED_ATTR, PreparedInfo
-from depthfx.passes.ring_ops import Box, RingBatchNorm, fill, ring_add, ring_conv, zero_ring
+from depthfx.passes.ring_ops import (
+    Box,
+    RingBatchNorm,
+    fill,
+    ring_add,
+    ring_conv,
+    window_delta,
+    zero_ring,
+)
 from depthfx.plans import PlanError
 
 _ADDS = (operator.add, torch.add)
@@ -65,7 +76,7 @@ class RingView(nn.Module):
 
 
 class _RingView:
-    """Builds the view's graph: the ring map (live node, constant node, box) of each
+    """Builds the view's graph: the ring map (delta node, constant node, box) of each
     original node that has one, the full map of every other."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
@@ -78,15 +89,15 @@ class _RingView:
     def tensor(self, node: fx.Node) -> fx.Node:
         """The full map of ``node`` in the new graph (filled from its ring map once)."""
         if node not in self.full:
-            live, const, box = self.ring[node]
-            self.full[node] = self.graph.call_function(fill, (live, const, box, _whole(node)))
+            delta, const, box = self.ring[node]
+            self.full[node] = self.graph.call_function(fill, (delta, const, box, _whole(node)))
         return self.full[node]
 
-    def set_ring(self, node: fx.Node, live: fx.Node, const: fx.Node, box: Box) -> None:
+    def set_ring(self, node: fx.Node, delta: fx.Node, const: fx.Node, box: Box) -> None:
         if box == _whole(node):
-            self.full[node] = live
+            self.full[node] = self.graph.call_function(fill, (delta, const, box, box))
         else:
-            self.ring[node] = (live, const, box)
+            self.ring[node] = (delta, const, box)
 
     def pair(self, call: fx.Node) -> tuple[fx.Node, fx.Node]:
         return (self.graph.call_function(operator.getitem, (call, 0)),
@@ -97,8 +108,8 @@ class _RingView:
         args = [a for a in node.args if isinstance(a, fx.Node)]
         src = args[0] if args else None
         if node.op == "call_function" and node.target is F.pad and _zero_pad(node) is not None:
-            live = self.tensor(src)
-            self.set_ring(node, live, graph.call_function(zero_ring, (live,)), _zero_pad(node))
+            delta = self.tensor(src)
+            self.set_ring(node, delta, graph.call_function(zero_ring, (delta,)), _zero_pad(node))
             return
         if src in self.ring and self._visit_ring(node, src, args):
             return
@@ -106,18 +117,18 @@ class _RingView:
 
     def _visit_ring(self, node: fx.Node, src: fx.Node, args: list[fx.Node]) -> bool:
         """Give ``node`` a ring map from its ring-map input, if it is an op of the view."""
-        graph, (live, const, box) = self.graph, self.ring[src]
+        graph, (delta, const, box) = self.graph, self.ring[src]
         if node.op == "call_module":
             module = self.gm.get_submodule(node.target)
             if type(module) is nn.Identity:
-                self.set_ring(node, live, const, box)
+                self.set_ring(node, delta, const, box)
                 return True
             if type(module) is nn.BatchNorm2d and len(node.args) == 1:
                 name = f"depthfx_ring_bn_{len(self.modules)}"
                 self.modules[name] = RingBatchNorm(module)
                 h, w = _whole(node)[0][1], _whole(node)[1][1]
                 ring = h * w - (box[0][1] - box[0][0]) * (box[1][1] - box[1][0])
-                out = graph.call_module(name, (live, const, ring))
+                out = graph.call_module(name, (delta, const, ring))
                 self.set_ring(node, *self.pair(out), box)
                 return True
             if _unpadded_conv(self.gm, node) is not None:
@@ -126,7 +137,7 @@ class _RingView:
                 weight = graph.get_attr(f"{node.target}.weight")
                 bias = graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None
                 params = (weight, bias, conv.stride, conv.dilation, conv.groups)
-                out = graph.call_function(ring_conv, (live, const, *params, box, read))
+                out = graph.call_function(ring_conv, (delta, const, *params, box, read))
                 self.set_ring(node, *self.pair(out), out_box)
                 self.rewritten += 1
                 return True
@@ -136,8 +147,8 @@ class _RingView:
         if node.target in (crop_like, shift):
             top, left = node.args[-2], node.args[-1]
             new_box, window = _cropped(box, top, left, _whole(node))
-            self.set_ring(node, graph.call_function(fill, (live, const, box, window)), const,
-                          new_box)  # fmt: skip
+            delta = graph.call_function(window_delta, (delta, box, window))
+            self.set_ring(node, delta, const, new_box)
             return True
         if node.target in _ADDS and len(args) == 2 and len(node.args) == 2 and not node.kwargs:
             other = args[1]
@@ -147,11 +158,11 @@ class _RingView:
                 or _whole(src) != _whole(node)
             ):
                 return False
-            b_live, b_const, b_box = self.ring[other]
+            b_delta, b_const, b_box = self.ring[other]
             hull = tuple(
                 (min(box[i][0], b_box[i][0]), max(box[i][1], b_box[i][1])) for i in range(2)
             )
-            out = graph.call_function(ring_add, (live, const, box, b_live, b_const, b_box, hull))
+            out = graph.call_function(ring_add, (delta, const, box, b_delta, b_const, b_box, hull))
             self.set_ring(node, *self.pair(out), hull)
             return True
         return False

@@ -17,19 +17,19 @@ from depthfx.models import load_model
 from depthfx.passes.analyze import analyze
 from depthfx.passes.convert import convert
 from depthfx.passes.prepare import prepare
-from depthfx.passes.ring_ops import fill, ring_conv
+from depthfx.passes.ring_ops import RingBatchNorm, fill, ring_conv
 from depthfx.passes.trim_ring import conv_window, ring_view
 from depthfx.testing import InvertedResidual, merge_everything_plan, random_plan, randomize_bn
 
 
 def _ring_map(rng: random.Random, size: tuple[int, int], channels: int) -> tuple:
-    """A float64 map (2 samples) random inside a random box, a per-(sample, channel)
-    constant outside it; and the box."""
+    """A float64 map (2 samples) random inside a random box, a per-channel constant (the same
+    for both samples, as in the view) outside it; and the box."""
     box = []
     for extent in size:
         lo = rng.randint(0, extent - 1)
         box.append((lo, rng.randint(lo + 1, extent)))
-    x = torch.randn(2, channels, 1, 1, dtype=torch.float64).expand(2, channels, *size).clone()
+    x = torch.randn(1, channels, 1, 1, dtype=torch.float64).expand(2, channels, *size).clone()
     (r0, r1), (c0, c1) = box
     x[:, :, r0:r1, c0:c1] = torch.randn(2, channels, r1 - r0, c1 - c0, dtype=torch.float64)
     return x, ((r0, r1), (c0, c1))
@@ -46,12 +46,12 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
     conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5).double()
     x, box = _ring_map(rng, size, cin)
     (r0, r1), (c0, c1) = box
-    const = x[:, :, :1, :1].clone() if (r0, c0) != (0, 0) else x[:, :, -1:, -1:].clone()
+    const = (x[:1, :, :1, :1] if (r0, c0) != (0, 0) else x[:1, :, -1:, -1:]).clone()
     if box == ((0, size[0]), (0, size[1])):
         const = torch.zeros_like(const)  # no ring: any constant will do
     read, live = conv_window(box, ((0, size[0]), (0, size[1])), conv)
     params = (conv.weight, conv.bias, conv.stride, conv.dilation, conv.groups)
-    out, ring = ring_conv(x[:, :, r0:r1, c0:c1], const, *params, box, read)
+    out, ring = ring_conv(x[:, :, r0:r1, c0:c1] - const, const, *params, box, read)
     want = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
     whole = ((0, want.shape[2]), (0, want.shape[3]))
     torch.testing.assert_close(fill(out, ring, live, whole), want, rtol=1e-12, atol=1e-12)
@@ -62,6 +62,25 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
     if outside.any() and box != ((0, size[0]), (0, size[1])):
         values = want[:, :, outside]
         torch.testing.assert_close(values, ring[:, :, 0].expand_as(values), rtol=0, atol=1e-12)
+
+
+def test_ring_conv_cases_cover_both_paths() -> None:
+    """The seeds above reach both of ring_conv's paths: the conv padding the delta itself
+    (read extends the box by at most as much after as before), and the built window."""
+    padded = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        groups = rng.choice([1, 2, 4])
+        cin, cout = 4 * rng.randint(1, 2), 4 * rng.randint(1, 2)
+        kernel = (rng.randint(1, 4), rng.randint(1, 4))
+        stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), 1)
+        size = (rng.randint(8, 20), rng.randint(8, 20))
+        conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5)
+        _, box = _ring_map(rng, size, cin)
+        read, _ = conv_window(box, ((0, size[0]), (0, size[1])), conv)
+        pads = [(b[0] - r[0], r[1] - b[1]) for b, r in zip(box, read, strict=True)]
+        padded.append(all(0 <= after <= before for before, after in pads))
+    assert 5 <= sum(padded) <= 35
 
 
 def _net() -> nn.Module:
@@ -149,3 +168,40 @@ def test_finetuned_through_the_view_converts_exactly() -> None:
     merged = convert(prepared, plan, (x[:1],))
     with torch.no_grad():
         torch.testing.assert_close(merged(x), prepared(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_ring_batch_norm_equals_batch_norm_of_the_filled_map(seed: int, affine: bool) -> None:
+    """Outputs, gradients (delta, constant, weight, bias) and running statistics of BN of a
+    ring map equal those of BN of the whole map it stands for (float64, train mode), far
+    from zero mean (the constants offset by 30) so that a cancelling formula would show."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    size = (rng.randint(3, 9), rng.randint(3, 9))
+    x, box = _ring_map(rng, size, 6)
+    x = x + 30.0
+    (r0, r1), (c0, c1) = box
+    ring = size[0] * size[1] - (r1 - r0) * (c1 - c0)
+    outside = (r0, c0) != (0, 0)
+    const = (x[:1, :, :1, :1] if outside else x[:1, :, -1:, -1:]).clone().requires_grad_()
+    delta = (x[:, :, r0:r1, c0:c1] - const).detach().requires_grad_()
+    whole = ((0, size[0]), (0, size[1]))
+    bns = [nn.BatchNorm2d(6, affine=affine).double().train() for _ in range(2)]
+    if affine:
+        for p in bns[0].parameters():
+            p.data.normal_()
+        bns[1].load_state_dict(bns[0].state_dict())
+    full = fill(delta, const, box, whole)  # differentiable in delta and const
+    want = bns[0](full)
+    out, out_const = RingBatchNorm(bns[1])(delta, const, ring)
+    got = fill(out, out_const, box, whole)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    probe = torch.randn_like(want)
+    inputs = [delta, const, *bns[0].parameters()]
+    grads_want = torch.autograd.grad((want * probe).sum(), inputs[:2] + list(bns[0].parameters()))
+    grads_got = torch.autograd.grad((got * probe).sum(), inputs[:2] + list(bns[1].parameters()))
+    for g, w in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-9)
+    for key, value in bns[1].state_dict().items():
+        torch.testing.assert_close(value, bns[0].state_dict()[key], rtol=1e-10, atol=1e-12)
