@@ -33,6 +33,7 @@ from depthfx.solver import (
     LatencyTable,
     LayerMergeTable,
     Solution,
+    at_smallest_budget,
     solve,
     solve_fastest,
     units_per_ms,
@@ -92,12 +93,7 @@ def solve_budget(
         )  # fmt: skip
 
     if budget_ms == FASTEST:
-        try:  # the DP's base case never admits a zero budget: this names its minimum
-            run(0.0)
-            raise AssertionError("the variant DP accepted a zero chain budget")
-        except InfeasibleBudget as err:
-            smallest = err.minimum
-        found = run(smallest)  # the best objective among the cheapest configurations
+        smallest, found = at_smallest_budget(run)
         budget_ms = ms_for(model_ms, smallest)
     else:
         assert not isinstance(budget_ms, str)

@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="T0",
         help="latency budget in the table's unit (ms), or 'fastest' (the fastest configuration "
-        "the tables allow; --method icml23); repeat for a sweep",
+        "the tables allow; with --method layermerge the DP's smallest feasible budget); repeat "
+        "for a sweep",
     )
     p.add_argument(
         "--prec",
@@ -140,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
     from depthfx.solver import ImportanceTable, LatencyTable, solve, solve_fastest
 
     if args.method == "layermerge":
-        if "fastest" in args.budget:
-            raise DepthFXError("--budget fastest: only with --method icml23")
         return run_layermerge(args)
     for name, value in ICML23_DEFAULTS.items():
         if getattr(args, name) is None:

@@ -73,15 +73,34 @@ def move_padding(rewrite: ChainRewrite) -> None:
         for conv in convs:
             _strip_padding(gm, nodes, conv)
         first = nodes[convs[0].node]
-        # The group's first conv reads its input; a pruned one left that input in its name.
-        entry = chain.conv(start + 1)
-        group_input = nodes[entry.node] if start + 1 in rewrite.pruned else first.args[0]
+        # The group's first conv reads its input. After pruned convs the input is the value at
+        # start (what the pruned conv read then may since have been split from its activation).
+        group_input = rewrite.value[start] if start + 1 in rewrite.pruned else first.args[0]
         # Right after the input: a projection shortcut that reads it may come before the body.
         with graph.inserting_after(group_input):
             padded = graph.call_function(F.pad, (group_input, (pad[2], pad[3], pad[0], pad[1])))
-        first.replace_input_with(group_input, padded)
+        reader = _input_reader(first, group_input, {nodes[r.add_node] for r in chain.residuals})
+        if reader is not None:
+            reader.replace_input_with(group_input, padded)
         rewrite.padded[start] = padded
         logger.debug("group %d:(%d,%d) pads its input by %s", rewrite.index, start, end, pad)
+
+
+def _input_reader(first: fx.Node, group_input: fx.Node, adds: set[fx.Node]) -> fx.Node | None:
+    """The node on ``first``'s input path that reads the group input, which must read the
+    padded input instead: ``first`` itself, or, when the group starts with pruned convs, the
+    first of the identities they leave before it (a timm BN+act module emptied of its
+    activation, transparent ops such as timm's ``aa``/``se`` ``nn.Identity``); padding only
+    ``first`` would leave the pad unused and the kept convs unpadded. None when the path runs
+    through a residual add (a body pruned empty): ``align_residuals`` rewires both its sides."""
+    node = first
+    while group_input not in node.all_input_nodes:
+        if node in adds:
+            return None
+        if len(node.all_input_nodes) != 1:
+            raise PlanError(f"cannot follow the input of {first.name!r} to {group_input.name!r}")
+        node = node.all_input_nodes[0]
+    return None if node in adds else node
 
 
 def _strip_padding(gm: fx.GraphModule, nodes: dict[str, fx.Node], conv: ConvInfo) -> None:

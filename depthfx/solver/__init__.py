@@ -21,7 +21,7 @@ from depthfx.solver.budget_dp import (
 )
 from depthfx.solver.combined_dp import CombinedChain, CombinedSolution, solve_combined
 from depthfx.solver.extend_importance import extend_importance
-from depthfx.solver.fastest import FASTEST, solve_fastest
+from depthfx.solver.fastest import FASTEST, at_smallest_budget, solve_fastest
 from depthfx.solver.importance_table import (
     NORMS,
     ExtendedImportanceTable,
@@ -69,6 +69,7 @@ __all__ = [
     "OptimalLatencyTable",
     "Solution",
     "Variant",
+    "at_smallest_budget",
     "csv_text",
     "extend_importance",
     "extended_blocks",

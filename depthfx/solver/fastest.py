@@ -11,14 +11,19 @@ plan" or "the smallest budget that works" needs the real sums instead:
 
 per chain (chains share nothing but the sum). Its time R is feasible for DP2 at *every* prec:
 Σ⌊prec·T⌋ ≤ ⌊prec·ΣT⌋ ≤ int(prec·budget) for any budget ≥ R.
+
+The LayerMerge and combined DPs take "fastest" as their smallest feasible budget instead
+(:func:`at_smallest_budget`): their objective is taken in the units they are solved in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 from depthfx.blocks import ExtendedBlock
-from depthfx.errors import TableError
+from depthfx.errors import InfeasibleBudget, TableError
 from depthfx.solver.budget_dp import (
     ChainCosts,
     Solution,
@@ -28,6 +33,8 @@ from depthfx.solver.budget_dp import (
 )
 from depthfx.solver.importance_table import ExtendedImportanceTable, ImportanceTable
 from depthfx.solver.latency_table import LatencyTable, OptimalLatencyTable
+
+S = TypeVar("S")
 
 #: The budget that asks for this configuration (``depthfx.plan(budget=FASTEST)``, the CLI's
 #: ``--budget fastest``).
@@ -109,3 +116,15 @@ def solve_fastest(
     results, objective, units, time = chain_results(chains, per_chain)
     solution = Solution(results, objective, units, time, time, prec, int(time * prec))
     return solution if raw is None else check_merge_pattern(solution, raw, warn=warn)
+
+
+def at_smallest_budget(solve_at: Callable[[float], S]) -> tuple[float, S]:
+    """(the smallest budget ``solve_at`` accepts, its solution there): for a DP whose base case
+    never admits a zero budget and whose :class:`~depthfx.InfeasibleBudget` names the smallest
+    feasible one (LayerMerge, combined); at it the DP keeps the best objective among the
+    cheapest configurations."""
+    try:
+        solve_at(0.0)
+    except InfeasibleBudget as err:
+        return err.minimum, solve_at(err.minimum)
+    raise AssertionError("the DP accepted a zero budget")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 from layermerge_helpers import paths
 
 import depthfx.cli
+from depthfx.errors import InfeasibleBudget
 from depthfx.solver import LayerMergeTable, solve_layermerge
 
 LAT, IMP = paths("mbv2_1.0_synth")
@@ -58,6 +60,34 @@ def test_sweep_and_prec(tmp_path: Path) -> None:
             sol.objective,
         )
         assert d["budget_units"] == int(d["budget"] * 20)
+
+
+def test_budget_fastest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--budget fastest solves at the smallest feasible budget and writes the JSON that
+    budget passed as a number writes."""
+    out = tmp_path / "fastest.json"
+    assert depthfx.cli.main([*_args(), "--budget", "fastest", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    table = LayerMergeTable.read_csv(LAT, IMP)
+    # The minimum feasible time, by a shortest path over all tilings (not the DP).
+    cheapest = {0: 0}
+    for end in range(1, table.length + 1):
+        costs = [cheapest[v.st] + int(v.time * 10) for v in table.by_end.get(end, [])]
+        cheapest[end] = min(costs)
+    assert doc["time_units"] == doc["budget_units"] == cheapest[table.length] > 0
+    assert doc["time"] * 10 >= doc["time_units"]
+    with pytest.raises(InfeasibleBudget):  # one ulp less is one unit less
+        solve_layermerge(table, math.nextafter(doc["budget"], 0.0), 10)
+    numeric = solve_layermerge(table, doc["budget"], 10)
+    assert doc == json.loads(json.dumps(numeric.to_dict()))
+    # Its time passed back is feasible (Σ int(10·t) ≤ int(10·Σ t)); the DP may then spend the
+    # floors' slack on a more important tiling, as the original does.
+    again = solve_layermerge(table, doc["time"], 10)
+    assert again.time_units <= again.budget_units and again.objective >= doc["objective"]
+    assert capsys.readouterr().out.startswith(f"fastest: budget {doc['budget']:g} ms (prec 10:")
+    argv = [*_args(), "--budget", "fastest", "--budget", "20", "--json", str(out)]
+    assert depthfx.cli.main(argv) == 0
+    assert [d["budget"] for d in json.loads(out.read_text())] == [doc["budget"], 20]
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture) -> str:

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from layermerge_helpers import load
 from solver_helpers import configurations, fold, random_instance, tables
 
-from depthfx.solver import ImportanceTable, LatencyTable, solve, solve_fastest
+from depthfx.errors import InfeasibleBudget
+from depthfx.solver import (
+    ImportanceTable,
+    LatencyTable,
+    at_smallest_budget,
+    solve,
+    solve_fastest,
+    solve_layermerge,
+)
 
 RANDOM_TABLES = pytest.mark.filterwarnings("ignore:DP2's merge positions:RuntimeWarning")
 
@@ -61,3 +70,13 @@ def test_fastest_keeps_the_activation_that_costs_nothing() -> None:
     faster = LatencyTable.from_entries({(0, 1): (1.0, 0), (1, 2): (1.0, 0), (0, 2): (1.5, 0)})
     sol = solve_fastest(faster, imp)
     assert sol.act_pos == [2] and sol.merge_pos == [2] and sol.time == 1.5
+
+
+def test_at_smallest_budget_solves_where_the_dp_starts_to_accept() -> None:
+    table = load("toy12")
+    budget, sol = at_smallest_budget(lambda b: solve_layermerge(table, b, 10))
+    assert sol.budget == budget and sol.time_units == sol.budget_units
+    with pytest.raises(InfeasibleBudget):
+        solve_layermerge(table, np.nextafter(budget, 0.0), 10)
+    with pytest.raises(AssertionError, match="accepted a zero budget"):
+        at_smallest_budget(lambda b: b)
