@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from depthfx.measure.bn_recalibration import recalibrate_bn
 from depthfx.measure.importance.divergence import (
@@ -41,6 +42,7 @@ from depthfx.measure.importance.divergence import (
     score_columns,
 )
 from depthfx.measure.importance.entries import MergeRule, entry_plan
+from depthfx.measure.importance.heap import reused_heap
 from depthfx.measure.importance.methods import ImportanceResult
 from depthfx.measure.importance.networks import build_network
 from depthfx.measure.importance.prefixes import prefix_groups, split_group
@@ -64,6 +66,25 @@ def recalibrated_proxy(
 ) -> ImportanceResult:
     """Every entry's network, BN re-estimated on the proxy's batches, against the base network
     re-estimated the same way; entries sharing a prefix share its work (module docstring)."""
+    with reused_heap():
+        return _recalibrated(
+            analysis, keys, data, merges, score=score, images=images, batch_size=batch_size,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+
+
+def _recalibrated(
+    analysis: Analysis,
+    keys: list[ImportanceKey],
+    data: Any,
+    merges: MergeRule | None,
+    *,
+    score: str,
+    images: int | None,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> ImportanceResult:
     from tqdm.auto import tqdm
 
     example = torch.zeros(analysis.example_shapes[0])
@@ -87,8 +108,7 @@ def recalibrated_proxy(
     with bar:
         for group_key, group in prefix_groups(analysis, keys, plans).items():
             nets = [_network(analysis, plans[k]) for k in group]
-            head_net = _network(analysis, plans[group[0]])
-            head, tails = split_group(analysis, group_key, nets, head_net)
+            head, tails = split_group(analysis, group_key, nets)
             recalibrate_bn(_Fanout(head, tails), iter([x for x, _ in batches]))
             with torch.inference_mode():
                 for (x, y), ref in zip(batches, refs, strict=True):
@@ -127,11 +147,18 @@ class _Fanout(nn.Module):
 
 
 def _network(analysis: Analysis, plan: Plan) -> fx.GraphModule:
-    """The plan's eval-mode network on a private copy of the capture's buffers (BN statistics
-    are written) sharing its parameters (read only)."""
-    gm = analysis.graph_module
-    own = copy.deepcopy(gm, memo={id(p): p for p in gm.parameters()})
-    return build_network(dataclasses.replace(analysis, graph_module=own), plan)
+    """The plan's eval-mode network with private copies of the modules that hold BN layers
+    (their statistics are written), sharing every parameter and other module with the capture
+    (read only). Copying only those, not the whole capture, keeps a network in milliseconds."""
+    net = build_network(analysis, plan)
+    targets = {n.target for n in net.graph.nodes if n.op == "call_module"}
+    for target in sorted(targets):
+        module = net.get_submodule(target)
+        if any(isinstance(m, _BatchNorm) for m in module.modules()):
+            owner, _, leaf = target.rpartition(".")
+            own = copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+            setattr(net.get_submodule(owner) if owner else net, leaf, own)
+    return net
 
 
 def _outputs(net: fx.GraphModule, batches: Batches) -> list[list[torch.Tensor]]:

@@ -1,0 +1,88 @@
+"""The BN-re-estimated proxy on a MobileNetV2-style net (depthwise convs, in-place ReLU6,
+residuals, channels-last): its shared heads and private BN modules give every entry the score
+of its own whole network re-estimated alone, and leave the model untouched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from importance_helpers import digits, toy_latency
+from torch import nn
+
+import depthfx
+from depthfx.measure.importance import entry_plan, fastest_merges, measure_importance
+from depthfx.passes.analyze import analyze
+from depthfx.passes.prepare import prepare
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+X1 = torch.zeros(1, 1, 8, 8)
+
+
+def conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+
+
+class Inverted(nn.Module):
+    """1×1 expand, 3×3 depthwise, 1×1 project, identity residual; ReLU6 in place."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *conv_bn(c, 2 * c, 1), nn.ReLU6(inplace=True),
+            *conv_bn(2 * c, 2 * c, 3, groups=2 * c), nn.ReLU6(inplace=True),
+            *conv_bn(2 * c, c, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def trained_inverted() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *conv_bn(1, 8, 3), nn.ReLU6(inplace=True), Inverted(8), Inverted(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    x, y = digits()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for i in range(60):
+        xb, yb = x[i * 20 % 1400 :][:64], y[i * 20 % 1400 :][:64]
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_every_score_is_its_whole_network_re_estimated(deployed: bool) -> None:
+    model = trained_inverted()
+    analysis = analyze(model, X1, training=False)
+    latency = toy_latency(analysis) if deployed else None
+    merges = fastest_merges(analysis, latency) if deployed else None
+    x = digits()[0][1400:1464]
+    batches = list(x.split(32))  # two batches: the cumulative average spans batches
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = measure_importance(
+        model, X1, [x], analysis=analysis, score="kl", bn_recalibration=True, batch_size=32,
+        latency=latency, progress=False,
+    )  # fmt: skip
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    def recalibrated(key):
+        net = prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (X1,))
+        return depthfx.recalibrate_bn(net, iter(batches)).eval()
+
+    with torch.no_grad():
+        ref = F.log_softmax(recalibrated(None)(x), 1)
+        changed = [k for k, v in table.scores.items() if v != 0]
+        assert len(changed) >= 10
+        # entries that share a head and differ in the activation at its frontier (in place)
+        assert any(k[3] == 0 for k in changed) and any(k[3] == 1 for k in changed)
+        for key in changed:
+            kl = float((ref.exp() * (ref - F.log_softmax(recalibrated(key)(x), 1))).sum(1).mean())
+            assert table.scores[key] == pytest.approx(-kl, rel=1e-4, abs=1e-9), key
