@@ -56,6 +56,7 @@ from depthfx.measure.importance.digests import latency_digest
 from depthfx.measure.importance.distill import distill_experiment
 from depthfx.measure.importance.experiments import run_experiments
 from depthfx.measure.importance.finetune import finetune_experiment
+from depthfx.measure.prediction import latency_model as table_latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.solver import ImportanceKey, LatencyTable
 
@@ -124,8 +125,11 @@ def budget_rows(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: 
     """Part 1: top-1 before (plain / BN re-estimated) and after fine-tuning, speed-ups."""
     calib, train_data, test = sets["calib"], sets["train"], sets["test"]
     importance = measure_importance(model, x, calib, latency=latency, progress=False)
+    latency_noise(latency)
+    original_ms = table_latency_model(latency).end_to_end_ms
     print(f"\n{'budget':>8} {'convs':>5} {'top1 plain':>10} {'top1 BN':>8} "
-          f"{'top1 1ep':>8} {'speedup 1t':>10} {'speedup 2t':>10} {'ft s':>6}")  # fmt: skip
+          f"{'top1 1ep':>8} {'pred. x':>7} {'speedup 1t':>10} {'speedup 2t':>10} "
+          f"{'ft s':>6}")  # fmt: skip
     for budget in budgets:
         options = {"latency": latency, "importance": importance}
         try:
@@ -145,8 +149,31 @@ def budget_rows(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: 
         speed = [depthfx.compare(model, fast, (x,), threads=t, rounds=5, block_s=0.2).speedup
                  for t in (1, 2)]  # fmt: skip
         convs = sum(len(c.groups()) for c in plan.chains)
+        predicted = original_ms / plan.predicted_ms  # the table's speed-up (1 thread)
         print(f"{budget!s:>8} {convs:>5} {plain:>10.2f} {recal:>8.2f} {tuned:>8.2f} "
-              f"{speed[0]:>10.2f} {speed[1]:>10.2f} {ft_s:>6.0f}", flush=True)  # fmt: skip
+              f"{predicted:>7.2f} {speed[0]:>10.2f} {speed[1]:>10.2f} {ft_s:>6.0f}",
+              flush=True)  # fmt: skip
+
+
+def latency_noise(latency: LatencyTable) -> None:
+    """What the latency table was measured on: its single-conv entries (a tiny model's convs
+    take microseconds, so a loaded machine shows in them first), their spread, the
+    calibration fit and its residuals. A plan's predicted speed-up is only as good as these."""
+    entries = latency.times
+    blocks = latency.meta.get("blocks", {})
+    singles = sorted(k for k in entries if k[2] - k[1] == 1)
+    iqr = {k: blocks.get(",".join(map(str, k)), {}).get("iqr_ms") or 0.0 for k in singles}
+    print(
+        "single convs (µs, median ± IQR):",
+        ", ".join(f"{k[2]}: {entries[k] * 1e3:.0f}±{iqr[k] * 1e3:.0f}" for k in singles),
+    )
+    cal = latency.meta.get("calibration", {})
+    print(f"sum of singles {latency.meta.get('original_chain_ms', math.nan):.3f} ms, whole model "
+          f"{table_latency_model(latency).end_to_end_ms:.3f} ms, calibration {cal.get('status')}: "
+          f"fixed {cal.get('fixed_ms', math.nan):.3f} ms + {cal.get('scale', math.nan):.3f} × "
+          f"ΣT, residuals {[round(r, 3) for r in cal.get('residuals_ms', [])]} ms, points "
+          f"{[(round(p['original_ms'], 3), round(p['plan_ms'], 3)) for p in cal.get('points', [])]}"
+          " (original ms, plan ms)")  # fmt: skip
 
 
 def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: dict[str, Any],
@@ -177,7 +204,9 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                        ("proxy + BN re-est.", {"bn_recalibration": True}),
                        ("proxy + BN re-est., 64 images", {"bn_recalibration": True, "images": 64}),
                        ("proxy + BN re-est., 32 images",
-                        {"bn_recalibration": True, "images": 32})):  # fmt: skip
+                        {"bn_recalibration": True, "images": 32}),
+                       ("proxy + BN re-est., 16 images",
+                        {"bn_recalibration": True, "images": 16})):  # fmt: skip
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
