@@ -101,7 +101,7 @@ def layerwise_re_estimated(net: nn.Module, batches: list[torch.Tensor]) -> nn.Mo
         h.remove()
     for bn in order:
         seen: list[torch.Tensor] = []
-        hook = bn.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+        hook = bn.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].detach()))
         for x in batches:
             net(x)
         hook.remove()
