@@ -206,7 +206,12 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                        ("proxy + BN re-est., 32 images",
                         {"bn_recalibration": True, "images": 32}),
                        ("proxy + BN re-est., 16 images",
-                        {"bn_recalibration": True, "images": 16})):  # fmt: skip
+                        {"bn_recalibration": True, "images": 16}),
+                       ("proxy + BN one-pass", {"bn_recalibration": "one-pass"}),
+                       ("proxy + BN one-pass, 32 images",
+                        {"bn_recalibration": "one-pass", "images": 32}),
+                       ("proxy + BN one-pass, 16 images",
+                        {"bn_recalibration": "one-pass", "images": 16})):  # fmt: skip
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
@@ -228,10 +233,10 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
         f" Δ top-1 on {len(holdout_val[0])}), {len(keys)} of {n_all} entries; reference "
         f"{ref_s / len(keys):.1f} s/entry; Δ top-1 range {min(truth):.1f} … {max(truth):.1f}"
     )
-    print(f"{'method':<28} {'rho':>6} {'table s (all entries)':>22}")
+    print(f"{'method':<32} {'rho':>6} {'table s (all entries)':>22}")
     for name, values, seconds, n in rows:
         note = " (extrapolated)" if n < 0 else ""
-        print(f"{name:<28} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
+        print(f"{name:<32} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
 
 
 def cost_table(args: argparse.Namespace) -> None:

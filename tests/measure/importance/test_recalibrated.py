@@ -14,6 +14,7 @@ from torch import nn
 
 import depthfx
 from depthfx.measure.importance import entry_plan, fastest_merges, measure_importance
+from depthfx.measure.importance.measure import BN_DEFAULT, BN_IMAGES, default_options
 from depthfx.passes.analyze import analyze
 from depthfx.passes.prepare import prepare
 
@@ -141,3 +142,29 @@ def test_one_pass_scores_are_each_whole_network_re_estimated_layer_by_layer() ->
             assert table.scores[key] == pytest.approx(-kl, rel=1e-4, abs=1e-9), key
             differs += table.scores[key] != pytest.approx(two_pass.scores[key], rel=1e-4)
         assert differs > 0  # another estimate than the two passes, not the same one renamed
+
+
+def test_default_options_re_estimate_bn_with_data_unless_chosen() -> None:
+    data = torch.zeros(4, 1, 8, 8)
+    assert default_options(data, None) == {"bn_recalibration": BN_DEFAULT, "images": BN_IMAGES}
+    assert default_options(data, {"images": 64})["images"] == 64
+    assert default_options(data, {"images": None})["images"] == BN_IMAGES
+    for chosen in ({"estimate": "fisher"}, {"bn_recalibration": False}, {"method": "finetune"}):
+        assert default_options(data, chosen) == chosen  # the caller's choice stands
+    assert default_options(None, {"images": 8}) == {"images": 8}  # random inputs: Fisher
+
+
+def test_plan_with_data_scores_with_bn_re_estimated() -> None:
+    model = trained_inverted()
+    analysis = analyze(model, X1, training=False)
+    x = digits()[0][1400:1464]
+    options = {"progress": False}
+    latency = toy_latency(analysis)
+    singles = sum(t for (_, s, e), t in latency.times.items() if e - s == 1)
+    latency.meta.update(end_to_end_ms=singles, fixed_ms=0.0)
+    plan = depthfx.plan(model, X1, 1.0, latency=latency, data=x, importance_options=options)
+    fingerprint = plan.fingerprints["importance"]
+    assert fingerprint["bn_recalibration"] is BN_DEFAULT and fingerprint["images"] == BN_IMAGES
+    fisher = depthfx.plan(model, X1, 1.0, latency=latency, data=x,
+                          importance_options={**options, "bn_recalibration": False})  # fmt: skip
+    assert "bn_recalibration" not in fisher.fingerprints["importance"]
