@@ -212,6 +212,8 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                         {"bn_recalibration": "one-pass", "images": 32}),
                        ("proxy + BN one-pass, 16 images",
                         {"bn_recalibration": "one-pass", "images": 16})):  # fmt: skip
+        if args.rows and not any(r in name for r in args.rows):
+            continue
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
@@ -219,6 +221,8 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                      len(table.scores)))  # fmt: skip
         print(f"{name}: ρ {spearman(rows[-1][1], truth):.3f}", flush=True)
     n_all = len(entries_of(analysis))
+    if args.skip_distill:
+        return print_rho(rows, truth, keys, holdout_train, holdout_val, ref_s, n_all)
     dist_exp = distill_experiment(
         model, holdout_train, sets["calib_pair"], steps=args.distill_steps, lr=0.01,
         batch_size=32, seed=args.seed, labels=True,
@@ -228,6 +232,12 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                  dist_s * n_all / len(keys), -n_all))  # fmt: skip
     rows.append((f"distill {args.distill_steps} steps Δtop1", [dist[k][1] for k in keys],
                  dist_s * n_all / len(keys), -n_all))  # fmt: skip
+    print_rho(rows, truth, keys, holdout_train, holdout_val, ref_s, n_all)
+
+
+def print_rho(rows: list[tuple[str, list[float], float, int]], truth: list[float], keys: list[Any],
+              holdout_train: Any, holdout_val: Any, ref_s: float, n_all: int) -> None:  # fmt: skip
+    """The ρ table of part 2."""
     print(
         f"\nρ against the paper's per-entry fine-tune (1 epoch, {len(holdout_train[0])} images,"
         f" Δ top-1 on {len(holdout_val[0])}), {len(keys)} of {n_all} entries; reference "
@@ -311,6 +321,8 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["0.75", "0.7", "0.6", "fastest"])
     p.add_argument("--skip-budgets", action="store_true")
     p.add_argument("--skip-rho", action="store_true")
+    p.add_argument("--rows", nargs="*", default=[], help="ρ rows whose name has one of these")
+    p.add_argument("--skip-distill", action="store_true")
     p.add_argument("--cost-only", action="store_true", help="part 3 only (MobileNetV2 224)")
     p.add_argument("--cost-images", type=int, default=64)
     p.add_argument("--cost-every", type=int, default=25)

@@ -158,8 +158,8 @@ def _own_buffers(module: nn.Module) -> nn.Module:
     building the entry's network."""
     if not isinstance(module, _BatchNorm):
         return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
-    own = copy.copy(module)
-    own._parameters = dict(module._parameters)
+    own = copy.copy(module)  # then no dict is shared: hooks registered on it stay its own
+    own.__dict__.update({k: copy.copy(v) for k, v in vars(module).items() if isinstance(v, dict)})
     own._buffers = {k: None if b is None else b.clone() for k, b in module._buffers.items()}
     return own
 
