@@ -13,6 +13,7 @@ from importance_helpers import digits, toy_latency
 from torch import nn
 
 import depthfx
+from depthfx.measure import bn_recalibration
 from depthfx.measure.importance import entry_plan, fastest_merges, measure_importance
 from depthfx.measure.importance.measure import BN_DEFAULT, BN_IMAGES, default_options
 from depthfx.passes.analyze import analyze
@@ -111,22 +112,31 @@ def layerwise_re_estimated(net: nn.Module, batches: list[torch.Tensor]) -> nn.Mo
     return net
 
 
-def test_one_pass_scores_are_each_whole_network_re_estimated_layer_by_layer() -> None:
+def test_one_pass_scores_are_each_whole_network_re_estimated_layer_by_layer(monkeypatch) -> None:
+    calls = []
+    batch_norm = bn_recalibration.F.batch_norm
+    monkeypatch.setattr(bn_recalibration.F, "batch_norm",
+                        lambda *a, **k: calls.append(1) or batch_norm(*a, **k))  # fmt: skip
     model = trained_inverted()
     analysis = analyze(model, X1, training=False)
     latency = toy_latency(analysis)
     merges = fastest_merges(analysis, latency)
     x = digits()[0][1400:1464]
     batches = list(x.split(32))
+    calls.clear()  # training's BN calls
     table = measure_importance(
         model, X1, [x], analysis=analysis, score="kl", bn_recalibration="one-pass",
         batch_size=32, latency=latency, progress=False,
     )  # fmt: skip
+    one_pass_calls = len(calls)
     two_pass = measure_importance(
         model, X1, [x], analysis=analysis, score="kl", bn_recalibration=True, batch_size=32,
         latency=latency, progress=False,
     )  # fmt: skip
     assert table.meta["fingerprint"]["bn_recalibration"] == "one-pass"
+    # a BN layer that runs estimates once per chunk (2) and normalises once: hooks do not pile
+    # up on shared modules (at most the base and one network per entry, 7 BN layers each)
+    assert one_pass_calls <= (len(table.scores) + 1) * 7 * 3
 
     def recalibrated(key):
         net = prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (X1,))
