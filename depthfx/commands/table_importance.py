@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--images",
         type=int,
         default=None,
-        help="images the proxy runs on (default 256; 8 random inputs without --data)",
+        help="images the proxy runs on (default with --data: 16 with BN re-estimated, 256 "
+        "for --estimate fisher; 8 random inputs without --data)",
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")
