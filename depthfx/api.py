@@ -59,11 +59,11 @@ def plan(
     not given are
     measured (``LatencyTable.measure`` / ``ImportanceTable.measure`` with the proxy method on
     ``data``, its entries' merge groups from the latency table; both cache their work).
-    With ``data`` the proxy re-estimates each entry's BN statistics on 16 of its images
-    (:func:`~depthfx.measure.importance.measure.default_options`): it ranks entries much like
-    the paper's per-entry fine-tune (README, Importance tables: ρ ≈ 0.87 against ≈ 0.56 for
-    the Fisher proxy, ``benchmarks/accuracy.py --quick``) at about the Fisher proxy's default
-    cost on MobileNetV2 224×224; ``importance_options={"bn_recalibration": False}`` (or
+    With ``data`` the proxy re-estimates each entry's BN statistics (one pass) on 16 of its
+    images (:func:`~depthfx.measure.importance.measure.default_options`): it ranks entries
+    much like the paper's per-entry fine-tune (README: ρ 0.85 against 0.57 for the Fisher
+    proxy, ``benchmarks/accuracy.py --quick``) for less than the Fisher proxy's default table
+    on MobileNetV2 224×224; ``importance_options={"bn_recalibration": False}`` (or
     ``{"estimate": "fisher"}``) keeps the Fisher proxy, ``{"images": n}`` changes the count.
     ``prec`` (latency units per ms) defaults to a value that gives the original's chain time
     2000 integer units (from the tables alone, not from the budget). ``method``:

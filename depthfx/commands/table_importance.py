@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="proxy: re-estimate each entry's BN statistics on --data before scoring it (on: "
         "a statistics pass then an evaluation pass; one-pass: both in one). Default with --data "
-        "and no --estimate: on, with --images 16 unless given; off otherwise",
+        "and no --estimate: one-pass, with --images 16 unless given; off otherwise",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (overrides epochs)")

@@ -174,7 +174,7 @@ def test_plan_with_data_scores_with_bn_re_estimated() -> None:
     latency.meta.update(end_to_end_ms=singles, fixed_ms=0.0)
     plan = depthfx.plan(model, X1, 1.0, latency=latency, data=x, importance_options=options)
     fingerprint = plan.fingerprints["importance"]
-    assert fingerprint["bn_recalibration"] is BN_DEFAULT and fingerprint["images"] == BN_IMAGES
+    assert fingerprint["bn_recalibration"] == BN_DEFAULT and fingerprint["images"] == BN_IMAGES
     fisher = depthfx.plan(model, X1, 1.0, latency=latency, data=x,
                           importance_options={**options, "bn_recalibration": False})  # fmt: skip
     assert "bn_recalibration" not in fisher.fingerprints["importance"]
