@@ -6,13 +6,17 @@ downloaded), then
 
 1. per budget (0.75, 0.7, 0.6 and the fastest feasible plan): top-1 of the merged network
    before fine-tuning, plain and with BN re-estimated (``depthfx.recalibrate_bn``), after one
-   epoch of ``depthfx.finetune`` (distilling from the original), and the measured speed-up on
-   ONNX Runtime CPU at 1 and 2 threads (interleaved with the original);
+   epoch of ``depthfx.finetune`` (distilling from the original), the latency table's predicted
+   speed-up and the measured one on ONNX Runtime CPU at 1 and 2 threads (interleaved with the
+   original); first the table's single-conv entries and calibration fit, what the predictions
+   rest on;
 2. on a random sample of table entries that merge at least two convs: each entry fine-tuned
    the paper's way (spec §3.2: SGD, Nesterov, cosine, one epoch on a holdout-train split,
    Δ held-out top-1) as the reference, and the Spearman ρ of every cheap method against it:
-   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (on 256, 64 and 32 of the
-   calibration images), the distillation method (−KL and Δ top-1), with their times;
+   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (two passes on 256, 64,
+   32 and 16 of the calibration images; one pass on 256, 32 and 16), the distillation method
+   (−KL and Δ top-1), with their times (``--rows``: only the rows whose name has one of these;
+   the reference fine-tunes are cached, so a rerun costs only the rows);
 3. ``--cost-only``: what the methods cost on torchvision MobileNetV2 at 224×224 (random weights:
    cost only, scores not used) on ``--cost-images`` Fashion-MNIST test images: the Fisher
    proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
@@ -23,7 +27,8 @@ downloaded), then
    time also the machine's load).
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
-       [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
+       [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho] [--rows ...]
+       [--skip-distill]
        [--cost-only] [--cost-images 64] [--cost-every 25] [--cost-rounds 1]
        [--cost-skip fisher distill]
 """
