@@ -6,13 +6,17 @@ downloaded), then
 
 1. per budget (0.75, 0.7, 0.6 and the fastest feasible plan): top-1 of the merged network
    before fine-tuning, plain and with BN re-estimated (``depthfx.recalibrate_bn``), after one
-   epoch of ``depthfx.finetune`` (distilling from the original), and the measured speed-up on
-   ONNX Runtime CPU at 1 and 2 threads (interleaved with the original);
+   epoch of ``depthfx.finetune`` (distilling from the original), the latency table's predicted
+   speed-up and the measured one on ONNX Runtime CPU at 1 and 2 threads (interleaved with the
+   original); first the table's single-conv entries and calibration fit, what the predictions
+   rest on;
 2. on a random sample of table entries that merge at least two convs: each entry fine-tuned
    the paper's way (spec §3.2: SGD, Nesterov, cosine, one epoch on a holdout-train split,
    Δ held-out top-1) as the reference, and the Spearman ρ of every cheap method against it:
-   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (on 256, 64 and 32 of the
-   calibration images), the distillation method (−KL and Δ top-1), with their times;
+   the Fisher proxy, the exact proxy, the proxy with BN re-estimation (two passes on 256, 64,
+   32 and 16 of the calibration images; one pass on 256, 32 and 16), the distillation method
+   (−KL and Δ top-1), with their times (``--rows``: only the rows whose name has one of these;
+   the reference fine-tunes are cached, so a rerun costs only the rows);
 3. ``--cost-only``: what the methods cost on torchvision MobileNetV2 at 224×224 (random weights:
    cost only, scores not used) on ``--cost-images`` Fashion-MNIST test images: the Fisher
    proxy's whole table; the BN-re-estimated proxy on every ``--cost-every``-th entry (a sparse
@@ -23,7 +27,8 @@ downloaded), then
    time also the machine's load).
 
 Usage: python benchmarks/accuracy.py [--quick] [--threads 1] [--entries 30] [--seed 0]
-       [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho]
+       [--budgets 0.75 0.7 0.6 fastest] [--skip-budgets] [--skip-rho] [--rows ...]
+       [--skip-distill]
        [--cost-only] [--cost-images 64] [--cost-every 25] [--cost-rounds 1]
        [--cost-skip fisher distill]
 """
@@ -56,6 +61,7 @@ from depthfx.measure.importance.digests import latency_digest
 from depthfx.measure.importance.distill import distill_experiment
 from depthfx.measure.importance.experiments import run_experiments
 from depthfx.measure.importance.finetune import finetune_experiment
+from depthfx.measure.prediction import latency_model as table_latency_model
 from depthfx.passes.analyze import analyze
 from depthfx.solver import ImportanceKey, LatencyTable
 
@@ -124,8 +130,11 @@ def budget_rows(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: 
     """Part 1: top-1 before (plain / BN re-estimated) and after fine-tuning, speed-ups."""
     calib, train_data, test = sets["calib"], sets["train"], sets["test"]
     importance = measure_importance(model, x, calib, latency=latency, progress=False)
+    latency_noise(latency)
+    original_ms = table_latency_model(latency).end_to_end_ms
     print(f"\n{'budget':>8} {'convs':>5} {'top1 plain':>10} {'top1 BN':>8} "
-          f"{'top1 1ep':>8} {'speedup 1t':>10} {'speedup 2t':>10} {'ft s':>6}")  # fmt: skip
+          f"{'top1 1ep':>8} {'pred. x':>7} {'speedup 1t':>10} {'speedup 2t':>10} "
+          f"{'ft s':>6}")  # fmt: skip
     for budget in budgets:
         options = {"latency": latency, "importance": importance}
         try:
@@ -145,8 +154,31 @@ def budget_rows(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: 
         speed = [depthfx.compare(model, fast, (x,), threads=t, rounds=5, block_s=0.2).speedup
                  for t in (1, 2)]  # fmt: skip
         convs = sum(len(c.groups()) for c in plan.chains)
+        predicted = original_ms / plan.predicted_ms  # the table's speed-up (1 thread)
         print(f"{budget!s:>8} {convs:>5} {plain:>10.2f} {recal:>8.2f} {tuned:>8.2f} "
-              f"{speed[0]:>10.2f} {speed[1]:>10.2f} {ft_s:>6.0f}", flush=True)  # fmt: skip
+              f"{predicted:>7.2f} {speed[0]:>10.2f} {speed[1]:>10.2f} {ft_s:>6.0f}",
+              flush=True)  # fmt: skip
+
+
+def latency_noise(latency: LatencyTable) -> None:
+    """What the latency table was measured on: its single-conv entries (a tiny model's convs
+    take microseconds, so a loaded machine shows in them first), their spread, the
+    calibration fit and its residuals. A plan's predicted speed-up is only as good as these."""
+    entries = latency.times
+    blocks = latency.meta.get("blocks", {})
+    singles = sorted(k for k in entries if k[2] - k[1] == 1)
+    iqr = {k: blocks.get(",".join(map(str, k)), {}).get("iqr_ms") or 0.0 for k in singles}
+    print(
+        "single convs (µs, median ± IQR):",
+        ", ".join(f"{k[2]}: {entries[k] * 1e3:.0f}±{iqr[k] * 1e3:.0f}" for k in singles),
+    )
+    cal = latency.meta.get("calibration", {})
+    print(f"sum of singles {latency.meta.get('original_chain_ms', math.nan):.3f} ms, whole model "
+          f"{table_latency_model(latency).end_to_end_ms:.3f} ms, calibration {cal.get('status')}: "
+          f"fixed {cal.get('fixed_ms', math.nan):.3f} ms + {cal.get('scale', math.nan):.3f} × "
+          f"ΣT, residuals {[round(r, 3) for r in cal.get('residuals_ms', [])]} ms, points "
+          f"{[(round(p['original_ms'], 3), round(p['plan_ms'], 3)) for p in cal.get('points', [])]}"
+          " (original ms, plan ms)")  # fmt: skip
 
 
 def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: dict[str, Any],
@@ -177,7 +209,16 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                        ("proxy + BN re-est.", {"bn_recalibration": True}),
                        ("proxy + BN re-est., 64 images", {"bn_recalibration": True, "images": 64}),
                        ("proxy + BN re-est., 32 images",
-                        {"bn_recalibration": True, "images": 32})):  # fmt: skip
+                        {"bn_recalibration": True, "images": 32}),
+                       ("proxy + BN re-est., 16 images",
+                        {"bn_recalibration": True, "images": 16}),
+                       ("proxy + BN one-pass", {"bn_recalibration": "one-pass"}),
+                       ("proxy + BN one-pass, 32 images",
+                        {"bn_recalibration": "one-pass", "images": 32}),
+                       ("proxy + BN one-pass, 16 images",
+                        {"bn_recalibration": "one-pass", "images": 16})):  # fmt: skip
+        if args.rows and not any(r in name for r in args.rows):
+            continue
         t0 = time.perf_counter()
         table = measure_importance(model, x, calib, analysis=analysis, latency=latency,
                                    score="kl", progress=False, **opts)  # fmt: skip
@@ -185,6 +226,8 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                      len(table.scores)))  # fmt: skip
         print(f"{name}: ρ {spearman(rows[-1][1], truth):.3f}", flush=True)
     n_all = len(entries_of(analysis))
+    if args.skip_distill:
+        return print_rho(rows, truth, keys, holdout_train, holdout_val, ref_s, n_all)
     dist_exp = distill_experiment(
         model, holdout_train, sets["calib_pair"], steps=args.distill_steps, lr=0.01,
         batch_size=32, seed=args.seed, labels=True,
@@ -194,15 +237,21 @@ def rho_table(model: nn.Module, x: torch.Tensor, latency: LatencyTable, sets: di
                  dist_s * n_all / len(keys), -n_all))  # fmt: skip
     rows.append((f"distill {args.distill_steps} steps Δtop1", [dist[k][1] for k in keys],
                  dist_s * n_all / len(keys), -n_all))  # fmt: skip
+    print_rho(rows, truth, keys, holdout_train, holdout_val, ref_s, n_all)
+
+
+def print_rho(rows: list[tuple[str, list[float], float, int]], truth: list[float], keys: list[Any],
+              holdout_train: Any, holdout_val: Any, ref_s: float, n_all: int) -> None:  # fmt: skip
+    """The ρ table of part 2."""
     print(
         f"\nρ against the paper's per-entry fine-tune (1 epoch, {len(holdout_train[0])} images,"
         f" Δ top-1 on {len(holdout_val[0])}), {len(keys)} of {n_all} entries; reference "
         f"{ref_s / len(keys):.1f} s/entry; Δ top-1 range {min(truth):.1f} … {max(truth):.1f}"
     )
-    print(f"{'method':<28} {'rho':>6} {'table s (all entries)':>22}")
+    print(f"{'method':<32} {'rho':>6} {'table s (all entries)':>22}")
     for name, values, seconds, n in rows:
         note = " (extrapolated)" if n < 0 else ""
-        print(f"{name:<28} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
+        print(f"{name:<32} {spearman(values, truth):>6.3f} {seconds:>10.1f}{note}")
 
 
 def cost_table(args: argparse.Namespace) -> None:
@@ -277,6 +326,8 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["0.75", "0.7", "0.6", "fastest"])
     p.add_argument("--skip-budgets", action="store_true")
     p.add_argument("--skip-rho", action="store_true")
+    p.add_argument("--rows", nargs="*", default=[], help="ρ rows whose name has one of these")
+    p.add_argument("--skip-distill", action="store_true")
     p.add_argument("--cost-only", action="store_true", help="part 3 only (MobileNetV2 224)")
     p.add_argument("--cost-images", type=int, default=64)
     p.add_argument("--cost-every", type=int, default=25)

@@ -83,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--images",
         type=int,
-        help="calibration images for the proxy (default 256; 8 random inputs without --data)",
+        help="calibration images for the proxy (default with --data: 16, each entry's BN "
+        "re-estimated; 8 random inputs without --data)",
     )
     p.add_argument(
         "--cache", type=Path, help="cache folder for the latency and importance tables (resumable)"

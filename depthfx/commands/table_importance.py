@@ -29,17 +29,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--images",
         type=int,
         default=None,
-        help="images the proxy runs on (default 256; 8 random inputs without --data)",
+        help="images the proxy runs on (default with --data: 16 with BN re-estimated, 256 "
+        "for --estimate fisher; 8 random inputs without --data)",
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--score", choices=("auto", "kl", "mse", "accuracy"), default="auto")
     p.add_argument(
         "--estimate",
         choices=("fisher", "exact"),
-        default="fisher",
-        help="proxy: fisher (default, fast: each entry's changed region exactly, the rest to "
-        "second order) or exact (every entry's network to the output; needed for --score "
-        "accuracy)",
+        default=None,
+        help="proxy: fisher (each entry's changed region exactly, the rest to second order; the "
+        "default without --data) or exact (every entry's network to the output; needed for "
+        "--score accuracy); giving it turns the BN re-estimation default off",
+    )
+    p.add_argument(
+        "--bn-recalibration",
+        choices=("on", "one-pass", "off"),
+        default=None,
+        help="proxy: re-estimate each entry's BN statistics on --data before scoring it (on: "
+        "a statistics pass then an evaluation pass; one-pass: both in one). Default with --data "
+        "and no --estimate: one-pass, with --images 16 unless given; off otherwise",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (overrides epochs)")
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from depthfx.commands.model_args import parse_shape
     from depthfx.data import load_dataset
     from depthfx.measure.importance import measure_importance, write_raw_csv
+    from depthfx.measure.importance.measure import default_options
     from depthfx.models import load_model
     from depthfx.solver import LatencyTable
 
@@ -168,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
     if data is not None and args.method == "proxy" and bool((data.tensors[1] < 0).all()):
         data = [x for (x,) in zip(data.tensors[0].split(64), strict=True)]  # unlabelled
     example = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    bn = {"on": True, "one-pass": "one-pass", "off": False, None: None}[args.bn_recalibration]
+    chosen = {"bn_recalibration": bn, "estimate": args.estimate, "images": args.images}
+    proxy = default_options(data, chosen) if args.method == "proxy" else chosen
     table = measure_importance(
         model,
         example,
@@ -177,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
         strided=args.strided,
         exclude=args.exclude,
         score=args.score,
-        estimate=args.estimate,
-        images=args.images,
+        estimate=proxy["estimate"] or "fisher",
+        bn_recalibration=proxy["bn_recalibration"],
+        images=proxy["images"],
         batch_size=args.batch_size,
         norm=args.norm,
         alpha=args.alpha,

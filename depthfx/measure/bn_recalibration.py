@@ -15,9 +15,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.hooks import RemovableHandle
 
 from depthfx.errors import DepthFXError
 
@@ -66,6 +68,36 @@ def recalibrate_bn(
     return model
 
 
+def estimate_bn_in_pass(model: nn.Module, chunk: int) -> list[RemovableHandle]:
+    """One-pass BN re-estimation: from now on every BatchNorm module of ``model``, when it
+    runs, first sets its running statistics from its own input (split into chunks of
+    ``chunk`` images and averaged, as :func:`recalibrate_bn`'s cumulative average over
+    batches of that size), then normalises with them; run ``model`` in eval mode on all the
+    images in one batch. Returns the hooks (``.remove()`` them to stop).
+
+    Why: :func:`recalibrate_bn` needs a statistics pass and then an evaluation pass; here one
+    pass does both. The statistics differ slightly: each layer's come from the inputs it sees
+    in eval mode (its predecessors already re-estimated), not in train mode (normalised with
+    batch statistics); with one batch a layer's train- and eval-mode inputs differ only by
+    the n/(n−1) variance correction of the layers before it."""
+    if chunk < 1:
+        raise DepthFXError(f"chunk must be >= 1, got {chunk}")
+
+    def estimate(module: _BatchNorm, args: tuple[Any, ...]) -> None:
+        mean, var = torch.zeros_like(module.running_mean), torch.zeros_like(module.running_var)
+        parts = args[0].split(chunk)
+        for part in parts:
+            m, v = torch.zeros_like(mean), torch.ones_like(var)
+            F.batch_norm(part, m, v, None, None, True, 1.0, module.eps)  # m, v := batch stats
+            mean += m
+            var += v
+        module.running_mean.copy_(mean / len(parts))
+        module.running_var.copy_(var / len(parts))
+
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    return [m.register_forward_pre_hook(estimate) for m in norms]
+
+
 def _inputs(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
     """The input tensor of every batch of ``data`` (labels dropped). Two tensors are an
     (inputs, labels) pair when the second has fewer dimensions, else two batches of inputs."""
@@ -91,4 +123,4 @@ def _inputs(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
         yield x
 
 
-__all__ = ["RECALIBRATION_BATCH", "recalibrate_bn"]
+__all__ = ["RECALIBRATION_BATCH", "estimate_bn_in_pass", "recalibrate_bn"]

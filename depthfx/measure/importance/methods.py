@@ -31,8 +31,8 @@ class ImportanceRequest:
     of the entry networks (None: the paper's S = A) and ``merge_id`` its name; ``model_id``:
     :func:`~depthfx.measure.importance.digests.model_hash` of ``model``; ``function``: the
     user's score of the ``callable`` method; ``bn_recalibration``: the proxy's BN re-estimation
-    (None: the method's default); ``executor``/``executor_options``: where a per-entry method
-    runs its entries (:mod:`depthfx.executors`)."""
+    (True, ``"one-pass"``; None: the method's default); ``executor``/``executor_options``:
+    where a per-entry method runs its entries (:mod:`depthfx.executors`)."""
 
     model: nn.Module
     analysis: Analysis
@@ -46,7 +46,7 @@ class ImportanceRequest:
     val_data: Any
     score: str
     estimate: str
-    bn_recalibration: bool | None
+    bn_recalibration: bool | str | None
     images: int | None
     batch_size: int | None
     epochs: float

@@ -35,6 +35,7 @@ def proxy_importance(request: ImportanceRequest) -> ImportanceResult:
         return recalibrated_proxy(
             r.analysis, r.keys, r.data, r.merges, score=r.score, images=r.images,
             batch_size=r.batch_size or 64, seed=r.seed, progress=r.progress,
+            one_pass=r.bn_recalibration == "one-pass",
         )  # fmt: skip
     if r.estimate == "fisher":
         return fisher_proxy(

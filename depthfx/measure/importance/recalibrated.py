@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from depthfx.measure.bn_recalibration import recalibrate_bn
+from depthfx.measure.bn_recalibration import estimate_bn_in_pass, recalibrate_bn
 from depthfx.measure.importance.divergence import (
     DivergenceSums,
     check_score,
@@ -61,19 +62,28 @@ def recalibrated_proxy(
     batch_size: int,
     seed: int,
     progress: bool,
+    one_pass: bool = False,
 ) -> ImportanceResult:
     """Every entry's network, BN re-estimated on the proxy's batches, against the base network
-    re-estimated the same way; entries sharing a prefix share its work (module docstring)."""
+    re-estimated the same way; entries sharing a prefix share its work (module docstring).
+    ``one_pass``: :func:`~depthfx.measure.bn_recalibration.estimate_bn_in_pass` on all the
+    images in one batch instead of a statistics pass and an evaluation pass."""
     from tqdm.auto import tqdm
 
     example = torch.zeros(analysis.example_shapes[0])
     batches, is_random = proxy_batches(data, example, images, batch_size, seed)
+    if one_pass:
+        ys = [y for _, y in batches]
+        batches = [(torch.cat([x for x, _ in batches]), None if ys[0] is None else torch.cat(ys))]
     batches = [(x.to(memory_format=torch.channels_last), y) for x, y in batches]
     labelled = batches[0][1] is not None
     gm = copy.deepcopy(analysis.graph_module).eval().requires_grad_(False)
     analysis = dataclasses.replace(analysis, graph_module=gm.to(memory_format=torch.channels_last))
     base = _network(analysis, entry_plan(analysis, None, merges))
-    recalibrate_bn(base, iter([x for x, _ in batches]))
+    if one_pass:
+        estimate_bn_in_pass(base, batch_size)
+    else:
+        recalibrate_bn(base, iter([x for x, _ in batches]))
     refs = _outputs(base.eval(), batches)
     classifier = is_classifier(refs[0])
     score = check_score(score, classifier, labelled, "exact")
@@ -87,9 +97,11 @@ def recalibrated_proxy(
     with bar:
         for group_key, group in prefix_groups(analysis, keys, plans).items():
             nets = [_network(analysis, plans[k]) for k in group]
-            head_net = _network(analysis, plans[group[0]])
-            head, tails = split_group(analysis, group_key, nets, head_net)
-            recalibrate_bn(_Fanout(head, tails), iter([x for x, _ in batches]))
+            head, tails = split_group(analysis, group_key, nets)
+            if one_pass:
+                estimate_bn_in_pass(_Fanout(head, tails), batch_size)
+            else:
+                recalibrate_bn(_Fanout(head, tails), iter([x for x, _ in batches]))
             with torch.inference_mode():
                 for (x, y), ref in zip(batches, refs, strict=True):
                     values = head(x)
@@ -102,7 +114,7 @@ def recalibrated_proxy(
         "fingerprint": {
             "method": "proxy",
             "estimate": "exact",
-            "bn_recalibration": True,
+            "bn_recalibration": "one-pass" if one_pass else True,
             "score": score,
             "images": sum(len(x) for x, _ in batches),
             "random_inputs": is_random,
@@ -127,11 +139,29 @@ class _Fanout(nn.Module):
 
 
 def _network(analysis: Analysis, plan: Plan) -> fx.GraphModule:
-    """The plan's eval-mode network on a private copy of the capture's buffers (BN statistics
-    are written) sharing its parameters (read only)."""
-    gm = analysis.graph_module
-    own = copy.deepcopy(gm, memo={id(p): p for p in gm.parameters()})
-    return build_network(dataclasses.replace(analysis, graph_module=own), plan)
+    """The plan's eval-mode network with private copies of the modules that hold BN layers
+    (their statistics are written), sharing every parameter and other module with the capture
+    (read only). Copying only those, not the whole capture, keeps a network in milliseconds."""
+    net = build_network(analysis, plan)
+    targets = {n.target for n in net.graph.nodes if n.op == "call_module"}
+    for target in sorted(targets):
+        module = net.get_submodule(target)
+        if any(isinstance(m, _BatchNorm) for m in module.modules()):
+            owner, _, leaf = target.rpartition(".")
+            setattr(net.get_submodule(owner) if owner else net, leaf, _own_buffers(module))
+    return net
+
+
+def _own_buffers(module: nn.Module) -> nn.Module:
+    """``module`` with its own buffers, sharing its parameters. A BN layer (the common case)
+    is copied shallowly with cloned buffers: a deep copy of its attributes cost more than
+    building the entry's network."""
+    if not isinstance(module, _BatchNorm):
+        return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+    own = copy.copy(module)  # then no dict is shared: hooks registered on it stay its own
+    own.__dict__.update({k: copy.copy(v) for k, v in vars(module).items() if isinstance(v, dict)})
+    own._buffers = {k: None if b is None else b.clone() for k, b in module._buffers.items()}
+    return own
 
 
 def _outputs(net: fx.GraphModule, batches: Batches) -> list[list[torch.Tensor]]:
