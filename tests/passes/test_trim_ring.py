@@ -35,8 +35,9 @@ def _ring_map(rng: random.Random, size: tuple[int, int], channels: int) -> tuple
     return x, ((r0, r1), (c0, c1))
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_ring_conv_equals_plain_conv(seed: int) -> None:
+def _ring_conv_case(seed: int) -> tuple[nn.Conv2d, torch.Tensor, tuple, tuple[int, int]]:
+    """A random float64 conv (groups, kernel, stride, dilation, bias) without padding, a ring
+    map for it (:func:`_ring_map`), the map's live box and its size."""
     rng = random.Random(seed)
     groups = rng.choice([1, 2, 4])
     cin, cout = 4 * rng.randint(1, 2), 4 * rng.randint(1, 2)
@@ -45,6 +46,12 @@ def test_ring_conv_equals_plain_conv(seed: int) -> None:
     size = (rng.randint(8, 20), rng.randint(8, 20))
     conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5).double()
     x, box = _ring_map(rng, size, cin)
+    return conv, x, box, size
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ring_conv_equals_plain_conv(seed: int) -> None:
+    conv, x, box, size = _ring_conv_case(seed)
     (r0, r1), (c0, c1) = box
     const = (x[:1, :, :1, :1] if (r0, c0) != (0, 0) else x[:1, :, -1:, -1:]).clone()
     if box == ((0, size[0]), (0, size[1])):
@@ -69,14 +76,7 @@ def test_ring_conv_cases_cover_both_paths() -> None:
     (read extends the box by at most as much after as before), and the built window."""
     padded = []
     for seed in range(40):
-        rng = random.Random(seed)
-        groups = rng.choice([1, 2, 4])
-        cin, cout = 4 * rng.randint(1, 2), 4 * rng.randint(1, 2)
-        kernel = (rng.randint(1, 4), rng.randint(1, 4))
-        stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), 1)
-        size = (rng.randint(8, 20), rng.randint(8, 20))
-        conv = nn.Conv2d(cin, cout, kernel, stride, 0, dilation, groups, rng.random() < 0.5)
-        _, box = _ring_map(rng, size, cin)
+        conv, _, box, size = _ring_conv_case(seed)
         read, _ = conv_window(box, ((0, size[0]), (0, size[1])), conv)
         pads = [(b[0] - r[0], r[1] - b[1]) for b, r in zip(box, read, strict=True)]
         padded.append(all(0 <= after <= before for before, after in pads))

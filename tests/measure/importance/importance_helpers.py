@@ -4,14 +4,18 @@ by the importance tests."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from depthfx.measure.importance import measure_importance
+import depthfx
+from depthfx.measure.importance import entry_plan, measure_importance
 from depthfx.passes.analyze import analyze
+from depthfx.passes.prepare import prepare
 from depthfx.records import Analysis
 from depthfx.solver import ImportanceTable, LatencyTable
 
@@ -101,3 +105,28 @@ def toy_latency(analysis: Analysis, cheap: set[tuple[int, int, int]] = frozenset
         for i, j in c.valid_blocks()
     }
     return LatencyTable(times, dict.fromkeys(times, 0.0))
+
+
+def recalibrated_scores_hold(
+    table: ImportanceTable,
+    model: nn.Module,
+    example: torch.Tensor,
+    analysis: Analysis,
+    merges: object,
+    batches: list[torch.Tensor],
+    x: torch.Tensor,
+) -> list[tuple[int, ...]]:
+    """Assert every nonzero score of a BN-re-estimated table is −KL(whole network re-estimated
+    alone on ``batches``, entry network re-estimated alone) on ``x``; return those keys."""
+
+    def recalibrated(key: tuple[int, ...] | None) -> nn.Module:
+        net = prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (example,))
+        return depthfx.recalibrate_bn(net, iter(batches)).eval()
+
+    with torch.no_grad():
+        ref = F.log_softmax(recalibrated(None)(x), 1)
+        changed = [k for k, v in table.scores.items() if v != 0]
+        for key in changed:
+            kl = float((ref.exp() * (ref - F.log_softmax(recalibrated(key)(x), 1))).sum(1).mean())
+            assert table.scores[key] == pytest.approx(-kl, rel=1e-4, abs=1e-9), key
+    return changed

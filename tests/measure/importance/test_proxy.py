@@ -3,12 +3,18 @@ groups, and the scores each estimate can give."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
-from importance_helpers import X1, digits, tiny_tables, toy_latency, trained_tiny, unchanged
+from importance_helpers import (
+    X1,
+    digits,
+    recalibrated_scores_hold,
+    tiny_tables,
+    toy_latency,
+    trained_tiny,
+    unchanged,
+)
 
 import depthfx
 from depthfx.errors import DepthFXError
@@ -125,14 +131,4 @@ def test_bn_recalibrated_proxy_is_each_whole_network_re_estimated(setup) -> None
         latency=latency, progress=False,
     )  # fmt: skip
 
-    def recalibrated(key):
-        net = prepare(copy.deepcopy(model), entry_plan(analysis, key, merges), (X1,))
-        return depthfx.recalibrate_bn(net, iter(batches)).eval()
-
-    with torch.no_grad():
-        ref = F.log_softmax(recalibrated(None)(x), 1)
-        changed = [k for k, v in table.scores.items() if v != 0]
-        assert len(changed) >= 5
-        for key in changed:
-            kl = float((ref.exp() * (ref - F.log_softmax(recalibrated(key)(x), 1))).sum(1).mean())
-            assert table.scores[key] == pytest.approx(-kl, rel=1e-4, abs=1e-9)
+    assert len(recalibrated_scores_hold(table, model, X1, analysis, merges, batches, x)) >= 5
