@@ -65,6 +65,8 @@ def plan(
     proxy, ``benchmarks/accuracy.py --quick``) for less than the Fisher proxy's default table
     on MobileNetV2 224×224; ``importance_options={"bn_recalibration": False}`` (or
     ``{"estimate": "fisher"}``) keeps the Fisher proxy, ``{"images": n}`` changes the count.
+    That default is for ``method="icml23"``: the LayerMerge variants are scored by the Fisher
+    proxy, so ``"combined"`` scores its ICML'23 rows the same way (one scale in one DP).
     ``prec`` (latency units per ms) defaults to a value that gives the original's chain time
     2000 integer units (from the tables alone, not from the budget). ``method``:
     ``"icml23"`` (the two-stage DP), ``"layermerge"`` (LayerMerge's variants: merged blocks
@@ -82,7 +84,12 @@ def plan(
             model, inputs, backend=backend, analysis=analysis, **(latency_options or {})
         )
     if importance is None and method != "layermerge":
-        options = default_options(data, importance_options)
+        # combined mixes these scores with the variants', which the Fisher proxy scores: one scale
+        options = (
+            default_options(data, importance_options)
+            if method == "icml23"
+            else dict(importance_options or {})
+        )
         importance = ImportanceTable.measure(
             model, inputs, data, analysis=analysis, latency=latency, **options
         )

@@ -169,3 +169,26 @@ def test_plan_with_data_scores_with_bn_re_estimated() -> None:
     fisher = depthfx.plan(model, X1, 1.0, latency=latency, data=x,
                           importance_options={**options, "bn_recalibration": False})  # fmt: skip
     assert "bn_recalibration" not in fisher.fingerprints["importance"]
+
+
+@pytest.mark.parametrize(("method", "re_estimated"), [("icml23", True), ("combined", False)])
+def test_combined_scores_its_icml23_rows_like_the_variants(
+    method: str, re_estimated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variants are scored by the Fisher proxy, so combined's ICML'23 rows are too: one
+    scale in one DP (the BN-re-estimated default is icml23's)."""
+    seen: dict = {}
+
+    class Measured(Exception):
+        pass
+
+    def measure(*args: object, **options: object) -> None:
+        seen.update(options)
+        raise Measured
+
+    monkeypatch.setattr(depthfx.ImportanceTable, "measure", measure)
+    model = trained_inverted()
+    latency = toy_latency(analyze(model, X1, training=False))
+    with pytest.raises(Measured):
+        depthfx.plan(model, X1, 0.9, latency=latency, data=digits()[0][:64], method=method)
+    assert ("bn_recalibration" in seen) == re_estimated
