@@ -144,9 +144,7 @@ class OnnxRuntimeBackend:
         self.dynamic_batch = dynamic_batch
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.seed = seed
-        cpu_block_clock(clock, threads)  # validates early
-        if clock == "cpu" and self.device != "cpu":
-            raise DepthFXError("clock='cpu' times CPU work; GPU runs are timed by the wall clock")
+        cpu_block_clock(clock, threads, self.device)  # validates early
         self.clock = clock
 
     def session_options(self) -> ort.SessionOptions:
@@ -227,7 +225,7 @@ class OnnxRuntimeBackend:
     def prepare(self, model: Any, example_inputs: Sequence[Any] | None = None) -> Runnable:
         sess = self.session(_model_bytes(model, example_inputs, self.dynamic_batch))
         feeds = _feeds(sess, example_inputs, self.batch, self.seed)
-        block_clock = cpu_block_clock(self.clock, self.threads) if self.device == "cpu" else None
+        block_clock = cpu_block_clock(self.clock, self.threads, self.device)
         fingerprint = collect_fingerprint(
             "onnxruntime",
             self.device,

@@ -98,11 +98,16 @@ class ThreadCpuClock:
 CLOCKS = ("auto", "wall", "cpu")
 
 
-def cpu_block_clock(clock: str, threads: int | None) -> BlockClock | None:
-    """The block clock for a CPU backend: thread CPU time for ``"cpu"``, and for ``"auto"``
-    when exactly one thread computes; ``None`` (the wall clock) otherwise."""
+def cpu_block_clock(clock: str, threads: int | None, device: str = "cpu") -> BlockClock | None:
+    """The block clock for a backend's ``clock=`` choice on ``device``: thread CPU time on CPU
+    for ``"cpu"``, and for ``"auto"`` when exactly one thread computes; ``None`` (the wall
+    clock, or the GPU backend's own) otherwise."""
     if clock not in CLOCKS:
         raise DepthFXError(f"clock must be one of {CLOCKS}, not {clock!r}")
+    if device != "cpu":
+        if clock == "cpu":
+            raise DepthFXError("clock='cpu' times CPU work; GPU runs have their own clock")
+        return None
     if clock == "cpu" and threads != 1:
         raise DepthFXError(
             f"clock='cpu' measures one thread; with threads={threads} only the wall clock "

@@ -47,9 +47,7 @@ class TorchBackend:
         clock: str = "auto",
     ) -> None:
         self.device = check_device(device)
-        cpu_block_clock(clock, threads or 1)  # validates early; threads=None is checked later
-        if clock == "cpu" and device != "cpu":
-            raise DepthFXError("clock='cpu' times CPU work; CUDA runs are timed by CUDA events")
+        cpu_block_clock(clock, threads or 1, device)  # validates early; threads=None: later
         self.clock = clock
         if device == "cuda" and not torch.cuda.is_available():
             raise DepthFXError("device='cuda' requested but torch sees no CUDA GPU")

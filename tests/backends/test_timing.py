@@ -163,3 +163,6 @@ def test_cpu_block_clock_rejects_bad_choices() -> None:
         timing.cpu_block_clock("cpu", 2)
     with pytest.raises(DepthFXError, match="clock must be one of"):
         timing.cpu_block_clock("tsc", 1)
+    with pytest.raises(DepthFXError, match="times CPU work"):
+        timing.cpu_block_clock("cpu", 1, "cuda")
+    assert timing.cpu_block_clock("auto", 1, "cuda") is None  # the GPU backend's own clock
