@@ -181,7 +181,7 @@ def measure_layermerge_latency(
         for i in sorted(range(len(variants)), key=lambda i: len(variants[i].kept)):
             v, spec, key = variants[i], specs[i], specs[i].key()
             bar.update(1)
-            name = f"{v.st},{v.end},{list(v.kept)}"
+            name = _name(v)
             if spec.conv.weight_numel() > max_weights:
                 skipped.append(name)
                 continue
@@ -209,7 +209,7 @@ def measure_layermerge_latency(
     left_out = set(bounded)
     for v, spec in zip(variants, specs, strict=True):
         t = timings.get(spec.key())
-        if t is None or f"{v.st},{v.end},{list(v.kept)}" in left_out:
+        if t is None or _name(v) in left_out:
             continue
         net = max(t.median_ms - overhead.median_ms, MIN_NET_FRACTION * t.median_ms)
         rows.append((shape_key(v), v.kept, net, statistics.pstdev(t.samples_ms)))
@@ -234,6 +234,11 @@ def measure_layermerge_latency(
         "build_s": time.perf_counter() - t_start,
     }
     return LayerMergeLatencyTable(rows, source=f"<{type(model).__name__} variants>", meta=meta)
+
+
+def _name(variant: BlockVariant) -> str:
+    """How ``meta["skipped"]``/``["bounded"]``/``["coarse"]`` list a variant: st,end,[kept]."""
+    return f"{variant.st},{variant.end},{list(variant.kept)}"
 
 
 def kept_singles(

@@ -107,9 +107,10 @@ class _RingView:
         graph = self.graph
         args = [a for a in node.args if isinstance(a, fx.Node)]
         src = args[0] if args else None
-        if node.op == "call_function" and node.target is F.pad and _zero_pad(node) is not None:
+        is_pad = node.op == "call_function" and node.target is F.pad
+        if is_pad and (box := _zero_pad(node)) is not None:
             delta = self.tensor(src)
-            self.set_ring(node, delta, graph.call_function(zero_ring, (delta,)), _zero_pad(node))
+            self.set_ring(node, delta, graph.call_function(zero_ring, (delta,)), box)
             return
         if src in self.ring and self._visit_ring(node, src, args):
             return
@@ -131,8 +132,7 @@ class _RingView:
                 out = graph.call_module(name, (delta, const, ring))
                 self.set_ring(node, *self.pair(out), box)
                 return True
-            if _unpadded_conv(self.gm, node) is not None:
-                conv = _unpadded_conv(self.gm, node)
+            if (conv := _unpadded_conv(self.gm, node)) is not None:
                 read, out_box = conv_window(box, _whole(src), conv)
                 weight = graph.get_attr(f"{node.target}.weight")
                 bias = graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None

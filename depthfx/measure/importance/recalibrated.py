@@ -79,11 +79,15 @@ def recalibrated_proxy(
     labelled = batches[0][1] is not None
     gm = copy.deepcopy(analysis.graph_module).eval().requires_grad_(False)
     analysis = dataclasses.replace(analysis, graph_module=gm.to(memory_format=torch.channels_last))
+
+    def reestimate(net: nn.Module) -> None:
+        if one_pass:
+            estimate_bn_in_pass(net, batch_size)  # during its next run, on all the images
+        else:
+            recalibrate_bn(net, iter([x for x, _ in batches]))
+
     base = _network(analysis, entry_plan(analysis, None, merges))
-    if one_pass:
-        estimate_bn_in_pass(base, batch_size)
-    else:
-        recalibrate_bn(base, iter([x for x, _ in batches]))
+    reestimate(base)
     refs = _outputs(base.eval(), batches)
     classifier = is_classifier(refs[0])
     score = check_score(score, classifier, labelled, "exact")
@@ -98,10 +102,7 @@ def recalibrated_proxy(
         for group_key, group in prefix_groups(analysis, keys, plans).items():
             nets = [_network(analysis, plans[k]) for k in group]
             head, tails = split_group(analysis, group_key, nets)
-            if one_pass:
-                estimate_bn_in_pass(_Fanout(head, tails), batch_size)
-            else:
-                recalibrate_bn(_Fanout(head, tails), iter([x for x, _ in batches]))
+            reestimate(_Fanout(head, tails))
             with torch.inference_mode():
                 for (x, y), ref in zip(batches, refs, strict=True):
                     values = head(x)
